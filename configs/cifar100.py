@@ -1,0 +1,17 @@
+"""CIFAR-100 one-vs-rest on the 20 super-classes (DESIGN section 3: CSI 89.6).
+
+  python -m mscad_jax.main --config=configs/cifar100.py:normal_class=0 --workdir=...
+"""
+
+from mscad_jax import config as base
+
+
+def get_config(arg: str | None = None):
+    c = base.base_config()
+    c.dataset = "cifar100"
+    c.coarse_label = True  # Classes are the 20 super-classes (`coarse_label` in TFDS).
+    c.image_size = 32
+    c.stage1.batch_size = 512
+    c.stage1.epochs = 500
+    c.stage2.epochs = 50
+    return base.apply_arg(c, arg)

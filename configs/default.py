@@ -1,0 +1,31 @@
+"""Embedded default: offline, one-class on scikit-learn's bundled digits, CPU-sized.
+
+Runs with no network in a few minutes on two CPU cores; the README's first command.
+  python -m mscad_jax.main --config=configs/default.py --workdir=/tmp/anomem_default
+Args: any base field as key=value, e.g. `configs/default.py:normal_class=3`.
+"""
+
+from mscad_jax import config as base
+
+
+def get_config(arg: str | None = None):
+    c = base.base_config()
+    c.dataset = "digits"  # 1797 real 8x8 handwritten digits shipped with scikit-learn.
+    c.image_size = 16  # Upscaled from 8x8 so that four stride-2 stages still have a map.
+    c.model.depth = 10  # One basic block per stage: small enough for two CPU cores.
+    c.model.width = 16
+    c.model.num_slots = 32
+    c.model.proj_dim = 32
+    c.stage1.batch_size = 64
+    c.stage1.epochs = 150
+    c.stage1.warmup_epochs = 10
+    c.stage1.base_learning_rate = 2.0  # Small batch: lr = 2.0 * 64 / 256 = 0.5.
+    c.stage2.batch_size = 64
+    c.stage2.epochs = 50
+    c.stage2.learning_rate = 1e-3
+    c.stage2.hidden = 16
+    c.stage2.embed_dim = 16
+    c.eval.batch_size = 256
+    c.log_every_steps = 25
+    c.checkpoint_every_steps = 200
+    return base.apply_arg(c, arg)

@@ -1,0 +1,272 @@
+"""The base experiment config, `key=value` config arguments, and config validation.
+
+Every experiment file in `configs/` starts from `base_config()` and overrides fields,
+so every field is documented once, here. `validate()` runs before any work starts and
+raises `ConfigError` with one message naming the field, the bad value and what is
+allowed.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import ml_collections
+
+# Dataset name -> (number of classes, number of coarse classes or None, channels).
+DATASETS: dict[str, tuple[int, int | None, int]] = {
+    "digits": (10, None, 1),
+    "fashion_mnist": (10, None, 1),
+    "mnist": (10, None, 1),
+    "cifar10": (10, None, 3),
+    "cifar100": (100, 20, 3),
+    "svhn_cropped": (10, None, 3),
+    "caltech_birds2011": (200, None, 3),
+    "image_folder": (0, None, 3),  # class count comes from the folder itself
+}
+PROTOCOLS = ("one_class", "unbalanced", "ood")
+ANOMALY_TYPES = ("object", "style", "local")
+MODES = ("train", "evaluate")
+
+
+class ConfigError(ValueError):
+    """A config field has a value that cannot work; the message says which and why."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """All fields with their defaults; experiment configs override what they need."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0  # Seeds parameters, data order, augmentations and anomaly draws.
+
+    # ---- data -------------------------------------------------------------------
+    c.dataset = "digits"  # One of DATASETS; `image_folder` reads `image_folder_dir`.
+    c.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS data_dir; None: TFDS_DATA_DIR or TFDS default.
+    c.image_folder_dir = ml_collections.config_dict.placeholder(str)  # root/{train,test}/<class>/<image> for `image_folder`.
+    c.image_size = 32  # Images are resized to image_size x image_size.
+    c.protocol = "one_class"  # one_class | unbalanced | ood (DESIGN section 2).
+    c.normal_class = 0  # Normal class index (or super-class index when coarse_label).
+    c.coarse_label = False  # CIFAR-100: use the 20 super-classes as classes.
+    c.anomaly_ratio = 0.05  # unbalanced: labelled anomalies per normal training image, in (0, 1].
+    c.known_anomaly_classes = ()  # unbalanced: classes the labelled anomalies come from; () = all others.
+    c.ood_datasets = ("svhn_cropped",)  # ood: datasets whose test splits are the anomalies.
+    c.anomaly_type = "object"  # object (other classes) | style (corruptions) | local (pasted patch/scar).
+    c.style_corruption = "gaussian_noise"  # style: one of data.anomalies.STYLE_CORRUPTIONS.
+    c.style_severity = 3  # style: corruption severity in 1..5.
+    c.local_kind = "cutpaste"  # local: cutpaste | scar.
+    c.max_train_examples = 0  # >0 caps the training set (quick experiments); 0 = all.
+    c.max_test_examples = 0  # >0 caps the test set, drawn with the seed; 0 = all.
+
+    # ---- model ------------------------------------------------------------------
+    c.model = ml_collections.ConfigDict()
+    c.model.depth = 18  # ResNet depth: 10, 18, 34 (basic blocks) or 50 (bottlenecks).
+    c.model.width = 64  # Channels of the first stage; stage s has width * 2**(s-1).
+    c.model.scales = (2, 3, 4)  # Encoder stages that get a memory, a head and a detector.
+    c.model.num_slots = 256  # Stored patterns per memory (N_s).
+    c.model.beta = 10.0  # Inverse temperature of the memory's softmax attention.
+    c.model.projected_memory = False  # Projected Hopfield form softmax(b (fWq)(MWk)^T)(MWkWv).
+    c.model.key_dim = 64  # Key/query size of the projected memory.
+    c.model.proj_dim = 128  # Output size of each projection head g_s.
+    c.model.dtype = "float32"  # Compute dtype: float32 | bfloat16 (params stay float32).
+
+    # ---- stage 1: memory-augmented contrastive learning ----------------------------
+    c.stage1 = ml_collections.ConfigDict()
+    c.stage1.batch_size = 256  # Global batch (all devices, all hosts).
+    c.stage1.epochs = 100  # Passes over the normal training set.
+    c.stage1.base_learning_rate = 1.0  # LARS peak lr = base * batch_size / 256.
+    c.stage1.warmup_epochs = 10  # Linear warm-up, then cosine decay to 0.
+    c.stage1.weight_decay = 1e-6  # Not applied to BN, biases and memory slots.
+    c.stage1.momentum = 0.9  # LARS momentum.
+    c.stage1.temperature = 0.5  # NT-Xent temperature tau.
+    c.stage1.scale_weights = ()  # lambda_s per configured scale; () = all 1.
+    c.stage1.variance_weight = 1.0  # mu, weight of the memory variance hinge.
+    c.stage1.repulsion_weight = 1.0  # Weight of the labelled-anomaly repulsion term.
+    c.stage1.repulsion_margin = 0.0  # Cosine margin of the repulsion term.
+    c.stage1.augment = ml_collections.ConfigDict()
+    c.stage1.augment.crop_scale_min = 0.08  # Random resized crop area range [min, 1].
+    c.stage1.augment.flip = True  # Horizontal flips.
+    c.stage1.augment.jitter_strength = (0.4, 0.4, 0.4, 0.1)  # Brightness, contrast, saturation, hue.
+    c.stage1.augment.jitter_prob = 0.8  # Probability of colour jitter (RGB only).
+    c.stage1.augment.grayscale_prob = 0.2  # Probability of grayscale (RGB only).
+
+    # ---- stage 2: deviation-map detectors -----------------------------------------
+    c.stage2 = ml_collections.ConfigDict()
+    c.stage2.batch_size = 256  # Global batch.
+    c.stage2.epochs = 20  # Passes over the training set.
+    c.stage2.learning_rate = 1e-4  # Adam learning rate (as Deep SVDD / Deep SAD).
+    c.stage2.weight_decay = 1e-6  # Decoupled weight decay (AdamW).
+    c.stage2.hidden = 64  # Channels of the detector's convolutions.
+    c.stage2.embed_dim = 32  # Detector output size.
+    c.stage2.eta = 1.0  # Deep SAD weight of labelled anomalies.
+    c.stage2.center_eps = 0.1  # Centre coordinates are pushed away from 0 by at least this.
+    c.stage2.augment = False  # Apply the stage-1 augmentations to stage-2 inputs.
+
+    # ---- evaluation -------------------------------------------------------------
+    c.eval = ml_collections.ConfigDict()
+    c.eval.batch_size = 512  # Global batch for scoring.
+    c.eval.score_weights = ()  # w_s per configured scale for the final score; () = all 1.
+    c.eval.linear_eval = False  # Linear probe on frozen pooled features of the full dataset.
+    c.eval.linear_eval_max_examples = 20000  # Cap on linear-probe training images.
+    c.eval.plots = True  # ROC, histograms, top anomalies with heatmaps.
+    c.eval.num_top_anomalies = 8  # Images in the top-anomalies grid.
+
+    # ---- bookkeeping --------------------------------------------------------------
+    c.log_every_steps = 50  # Scalars to TensorBoard/log every N steps.
+    c.checkpoint_every_steps = 500  # Checkpoint cadence (and always at the end of a stage).
+    c.max_checkpoints_to_keep = 2
+    return c
+
+
+def parse_arg(arg: str | None) -> dict[str, Any]:
+    """Parses `normal_class=3,protocol=unbalanced` into typed values.
+
+    Values are read as int, float, bool or None when they look like one, else kept as
+    strings; `a+b+c` gives a tuple (for class lists and dataset lists).
+    """
+    if not arg:
+        return {}
+    out = {}
+    for item in arg.split(","):
+        if "=" not in item:
+            raise ConfigError(f"config argument {item!r} is not of the form key=value")
+        key, value = item.split("=", 1)
+        out[key.strip()] = _parse_value(value.strip())
+    return out
+
+
+def _parse_value(text: str) -> Any:
+    if "+" in text:
+        return tuple(_parse_value(t) for t in text.split("+") if t)
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered == "none":
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def apply_arg(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
+    """Overrides top-level or dotted fields from a config argument string."""
+    return apply_overrides(config, parse_arg(arg))
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]) -> ml_collections.ConfigDict:
+    """Sets `field` or `section.field` for each item; unknown fields are an error."""
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        target = config
+        for part in parents:
+            if part not in target:
+                raise ConfigError(f"config argument names unknown field {key!r}")
+            target = target[part]
+        if leaf not in target:
+            raise ConfigError(f"config argument names unknown field {key!r}")
+        if isinstance(target[leaf], tuple) and not isinstance(value, tuple):
+            value = (value,)
+        target[leaf] = value
+    return config
+
+
+def _fail(field: str, value: Any, allowed: str) -> None:
+    raise ConfigError(f"config.{field}={value!r} is invalid: {allowed}")
+
+
+def num_classes(config: ml_collections.ConfigDict) -> int:
+    """Classes the protocol chooses among (super-classes for coarse CIFAR-100)."""
+    fine, coarse, _ = DATASETS[config.dataset]
+    if config.coarse_label:
+        return coarse
+    return fine
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+    """Raises ConfigError for the first field that cannot work.
+
+    Runs before anything is written or loaded. `num_devices` (global) is checked
+    against the batch sizes when given.
+    """
+    if config.dataset not in DATASETS:
+        _fail("dataset", config.dataset, f"allowed: {', '.join(DATASETS)}")
+    if config.protocol not in PROTOCOLS:
+        _fail("protocol", config.protocol, f"allowed: {', '.join(PROTOCOLS)}")
+    if config.anomaly_type not in ANOMALY_TYPES:
+        _fail("anomaly_type", config.anomaly_type, f"allowed: {', '.join(ANOMALY_TYPES)}")
+    if config.protocol == "ood" and config.anomaly_type != "object":
+        _fail("anomaly_type", config.anomaly_type, "the ood protocol only takes 'object'")
+    if config.coarse_label and DATASETS[config.dataset][1] is None:
+        _fail("coarse_label", config.coarse_label, f"dataset {config.dataset!r} has no coarse labels")
+    if config.dataset == "image_folder":
+        if not config.image_folder_dir or not os.path.isdir(config.image_folder_dir):
+            _fail("image_folder_dir", config.image_folder_dir, "must be an existing directory holding train/ and test/")
+    else:
+        n = num_classes(config)
+        if not isinstance(config.normal_class, int) or not 0 <= config.normal_class < n:
+            _fail("normal_class", config.normal_class, f"an integer in 0..{n - 1} for {config.dataset}")
+        for k in config.known_anomaly_classes:
+            if not isinstance(k, int) or not 0 <= k < n or k == config.normal_class:
+                _fail("known_anomaly_classes", tuple(config.known_anomaly_classes),
+                      f"integers in 0..{n - 1}, other than normal_class={config.normal_class}")
+    if config.protocol == "unbalanced" and not 0.0 < config.anomaly_ratio <= 1.0:
+        _fail("anomaly_ratio", config.anomaly_ratio, "must be in (0, 1]")
+    if config.protocol == "ood":
+        if not config.ood_datasets:
+            _fail("ood_datasets", tuple(config.ood_datasets), "name at least one dataset")
+        for name in config.ood_datasets:
+            if name not in DATASETS or name == "image_folder":
+                _fail("ood_datasets", tuple(config.ood_datasets), f"allowed: {', '.join(d for d in DATASETS if d != 'image_folder')}")
+    if config.data_dir is not None and not os.path.isdir(config.data_dir):
+        _fail("data_dir", config.data_dir, "directory does not exist")
+    if not 1 <= config.style_severity <= 5:
+        _fail("style_severity", config.style_severity, "an integer in 1..5")
+    if config.local_kind not in ("cutpaste", "scar"):
+        _fail("local_kind", config.local_kind, "allowed: cutpaste, scar")
+
+    m = config.model
+    scales = tuple(m.scales)
+    if not scales or len(set(scales)) != len(scales) or not set(scales) <= {1, 2, 3, 4}:
+        _fail("model.scales", scales, "a non-empty set of distinct stages from 1, 2, 3, 4")
+    if m.depth not in (10, 18, 34, 50):
+        _fail("model.depth", m.depth, "allowed: 10, 18, 34, 50")
+    if m.dtype not in ("float32", "bfloat16"):
+        _fail("model.dtype", m.dtype, "allowed: float32, bfloat16")
+    for field in ("width", "num_slots", "proj_dim", "key_dim"):
+        if m[field] <= 0:
+            _fail(f"model.{field}", m[field], "must be a positive integer")
+    if m.beta <= 0:
+        _fail("model.beta", m.beta, "must be positive")
+    if config.image_size < 8:
+        _fail("image_size", config.image_size, "must be at least 8")
+
+    for weights_field in ("stage1.scale_weights", "eval.score_weights"):
+        section, name = weights_field.split(".")
+        weights = tuple(config[section][name])
+        if weights and len(weights) != len(scales):
+            _fail(weights_field, weights, f"one weight per scale in model.scales={scales}, or () for all 1")
+
+    positive = {
+        "stage1.batch_size": config.stage1.batch_size, "stage1.epochs": config.stage1.epochs,
+        "stage1.base_learning_rate": config.stage1.base_learning_rate,
+        "stage1.temperature": config.stage1.temperature,
+        "stage2.batch_size": config.stage2.batch_size, "stage2.epochs": config.stage2.epochs,
+        "stage2.learning_rate": config.stage2.learning_rate, "stage2.hidden": config.stage2.hidden,
+        "stage2.embed_dim": config.stage2.embed_dim, "eval.batch_size": config.eval.batch_size,
+        "log_every_steps": config.log_every_steps,
+        "checkpoint_every_steps": config.checkpoint_every_steps,
+    }
+    for field, value in positive.items():
+        if not value > 0:
+            _fail(field, value, "must be positive")
+    if config.stage1.warmup_epochs < 0:
+        _fail("stage1.warmup_epochs", config.stage1.warmup_epochs, "must be >= 0")
+    if not 0.0 < config.stage1.augment.crop_scale_min <= 1.0:
+        _fail("stage1.augment.crop_scale_min", config.stage1.augment.crop_scale_min, "must be in (0, 1]")
+    if num_devices is not None:
+        for field in ("stage1.batch_size", "stage2.batch_size", "eval.batch_size"):
+            section, name = field.split(".")
+            if config[section][name] % num_devices:
+                _fail(field, config[section][name],
+                      f"the global batch must be divisible by the number of devices ({num_devices})")

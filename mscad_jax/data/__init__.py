@@ -1,0 +1,1 @@
+"""Data sources, protocol splits, augmentations and synthetic anomalies."""

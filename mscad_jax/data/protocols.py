@@ -1,0 +1,146 @@
+"""Protocol splits (DESIGN section 2): which images train, which test, which are anomalies.
+
+`build_protocol(config)` returns a `ProtocolData`; every test example carries an
+anomaly label (1 = anomaly) and every training example a "labelled anomaly" flag
+(only ever True in the unbalanced protocol). All draws use `config.seed`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+import numpy as np
+
+from mscad_jax import config as config_lib
+from mscad_jax.data import sources
+
+
+@dataclasses.dataclass(frozen=True)
+class ProtocolData:
+    """Training and test arrays for one experiment."""
+
+    train_images: np.ndarray  # uint8 [N, S, S, C]
+    train_labelled_anomaly: np.ndarray  # bool [N]
+    test_images: np.ndarray  # uint8 [M, S, S, C]
+    test_labels: np.ndarray  # int32 [M], 1 = anomaly
+    test_classes: np.ndarray  # int64 [M], source class (-1 for out-of-distribution sets)
+    test_masks: np.ndarray | None  # float32 [M, S, S] anomalous pixels, when known
+
+    @property
+    def num_train_normal(self) -> int:
+        return int((~self.train_labelled_anomaly).sum())
+
+    def summary(self) -> dict[str, int]:
+        return {
+            "num_train": len(self.train_images),
+            "num_train_normal": self.num_train_normal,
+            "num_train_labelled_anomalies": int(self.train_labelled_anomaly.sum()),
+            "num_test": len(self.test_labels),
+            "num_anomalies": int(self.test_labels.sum()),
+        }
+
+
+def build_protocol(config: ml_collections.ConfigDict) -> ProtocolData:
+    """Loads the sources the config names and applies its protocol and anomaly type."""
+    channels = _channels(config)
+    load = lambda name, split: sources.load_split(  # noqa: E731
+        name, split, config.image_size, channels, data_dir=config.data_dir,
+        coarse_label=config.coarse_label and name == config.dataset,
+        image_folder_dir=config.image_folder_dir)
+    train, test = load(config.dataset, "train"), load(config.dataset, "test")
+    rng = np.random.default_rng([config.seed, 1])
+
+    if config.protocol == "ood":
+        ood = [load(name, "test") for name in config.ood_datasets]
+        train_images, flags = train.images, np.zeros(len(train), bool)
+        test_images = np.concatenate([test.images] + [s.images for s in ood])
+        test_labels = np.concatenate([np.zeros(len(test), np.int32)] + [np.ones(len(s), np.int32) for s in ood])
+        test_classes = np.concatenate([test.labels] + [np.full(len(s), -1) for s in ood])
+        data = ProtocolData(train_images, flags, test_images, test_labels, test_classes, None)
+        return _cap(data, config, rng)
+
+    normal = config.normal_class
+    normal_train = train.take(train.labels == normal)
+    if len(normal_train) == 0:
+        raise config_lib.ConfigError(f"config.normal_class={normal} has no training images in {config.dataset}")
+    train_images = normal_train.images
+    flags = np.zeros(len(normal_train), bool)
+    num_labelled = int(round(config.anomaly_ratio * len(normal_train))) if config.protocol == "unbalanced" else 0
+
+    if config.anomaly_type == "object":
+        if num_labelled:
+            allowed = config.known_anomaly_classes or [k for k in np.unique(train.labels) if k != normal]
+            pool = np.flatnonzero(np.isin(train.labels, allowed))
+            if num_labelled > len(pool):
+                raise config_lib.ConfigError(
+                    f"config.anomaly_ratio={config.anomaly_ratio} asks for {num_labelled} labelled anomalies "
+                    f"but classes {list(allowed)} hold only {len(pool)} training images")
+            chosen = np.sort(rng.choice(pool, num_labelled, replace=False))
+            train_images = np.concatenate([train_images, train.images[chosen]])
+            flags = np.concatenate([flags, np.ones(num_labelled, bool)])
+        data = ProtocolData(train_images, flags, test.images, (test.labels != normal).astype(np.int32),
+                            test.labels, None)
+        return _cap(data, config, rng)
+
+    # style / local: anomalies are corrupted copies of the normal class's images.
+    normal_test = test.take(test.labels == normal)
+    if config.anomaly_type == "style" and config.dataset == "cifar10":
+        corrupted, masks = _cifar10_corrupted(config, normal), None
+    else:
+        corrupted, masks = _corrupt(config, normal_test.images, seed=2)
+    if num_labelled:
+        chosen = np.sort(rng.choice(len(normal_train), num_labelled, replace=False))
+        labelled, _ = _corrupt(config, normal_train.images[chosen], seed=3)
+        train_images = np.concatenate([train_images, labelled])
+        flags = np.concatenate([flags, np.ones(num_labelled, bool)])
+    test_images = np.concatenate([normal_test.images, corrupted])
+    test_labels = np.concatenate([np.zeros(len(normal_test), np.int32), np.ones(len(corrupted), np.int32)])
+    test_classes = np.full(len(test_labels), normal)
+    test_masks = None
+    if masks is not None:
+        test_masks = np.concatenate([np.zeros(masks.shape, np.float32), masks])
+    return _cap(ProtocolData(train_images, flags, test_images, test_labels, test_classes, test_masks), config, rng)
+
+
+def _channels(config: ml_collections.ConfigDict) -> int:
+    return config_lib.DATASETS[config.dataset][2]
+
+
+def _corrupt(config: ml_collections.ConfigDict, images: np.ndarray, seed: int):
+    """Applies the configured style or local anomaly to uint8 images on the JAX host device."""
+    import jax
+
+    from mscad_jax.data import anomalies
+
+    key = jax.random.fold_in(jax.random.key(config.seed), seed)
+    floats = images.astype(np.float32) / 255.0
+    masks = None
+    if config.anomaly_type == "style":
+        out = anomalies.style_corrupt_batch(key, floats, config.style_corruption, config.style_severity)
+    else:
+        out, masks = anomalies.local_anomaly_batch(key, floats, config.local_kind)
+        masks = np.asarray(masks, np.float32)
+    return np.round(np.asarray(out) * 255.0).clip(0, 255).astype(np.uint8), masks
+
+
+def _cifar10_corrupted(config: ml_collections.ConfigDict, normal: int) -> np.ndarray:
+    """CIFAR-10-C test images of the normal class, the published style anomalies."""
+    name = f"cifar10_corrupted/{config.style_corruption}_{config.style_severity}"
+    split = sources.load_split(name, "test", config.image_size, 3, data_dir=config.data_dir)
+    return split.images[split.labels == normal]
+
+
+def _cap(data: ProtocolData, config: ml_collections.ConfigDict, rng: np.random.Generator) -> ProtocolData:
+    """Applies max_train_examples / max_test_examples with seeded subsets."""
+    if config.max_train_examples and len(data.train_images) > config.max_train_examples:
+        keep = np.sort(rng.choice(len(data.train_images), config.max_train_examples, replace=False))
+        data = dataclasses.replace(data, train_images=data.train_images[keep],
+                                   train_labelled_anomaly=data.train_labelled_anomaly[keep])
+    if config.max_test_examples and len(data.test_labels) > config.max_test_examples:
+        keep = np.sort(rng.choice(len(data.test_labels), config.max_test_examples, replace=False))
+        data = dataclasses.replace(
+            data, test_images=data.test_images[keep], test_labels=data.test_labels[keep],
+            test_classes=data.test_classes[keep],
+            test_masks=None if data.test_masks is None else data.test_masks[keep])
+    return data

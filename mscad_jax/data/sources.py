@@ -1,0 +1,116 @@
+"""Image sources: TFDS datasets, scikit-learn's bundled digits, a user's image folders.
+
+Each source returns a whole split in memory as uint8 images [N, S, S, C] resized to
+the config's image size, with integer class labels. The benchmarks this project
+targets (digits, Fashion-MNIST, CIFAR, SVHN, CUB at 32-64 px) fit in host memory, and
+holding them there makes the batch order a pure function of (seed, epoch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """One split of a dataset: uint8 images [N, S, S, C] and int64 labels [N]."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def take(self, index: np.ndarray) -> "Split":
+        return Split(self.images[index], self.labels[index])
+
+
+def load_split(dataset: str, split: str, image_size: int, channels: int, *,
+               data_dir: str | None = None, coarse_label: bool = False,
+               image_folder_dir: str | None = None) -> Split:
+    """Loads `split` ('train' or 'test') of `dataset`, resized, with `channels` channels."""
+    if dataset == "digits":
+        images, labels = _digits(split)
+    elif dataset == "image_folder":
+        images, labels = _tf_dataset_to_numpy(_image_folder(image_folder_dir, split), "label", image_size)
+    else:
+        images, labels = _tfds(dataset, split, data_dir, coarse_label, image_size)
+    images = _resize(images, image_size)
+    return Split(_to_channels(images, channels), labels.astype(np.int64))
+
+
+def _digits(split: str) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    # A fixed stratified 70/30 split: part of the dataset's definition, not of the seed.
+    train_x, test_x, train_y, test_y = train_test_split(
+        images, digits.target, test_size=0.3, stratify=digits.target, random_state=0)
+    return (train_x, train_y) if split == "train" else (test_x, test_y)
+
+
+def _tfds(name: str, split: str, data_dir: str | None, coarse_label: bool, image_size: int):
+    import tensorflow_datasets as tfds
+
+    ds = tfds.load(name, split=split, data_dir=data_dir, shuffle_files=False)
+    return _tf_dataset_to_numpy(ds, "coarse_label" if coarse_label else "label", image_size)
+
+
+def _image_folder(root: str, split: str):
+    import tensorflow_datasets as tfds
+
+    builder = tfds.folder_dataset.ImageFolder(root)
+    if split not in builder.info.splits:
+        raise ValueError(f"image folder {root!r} has no {split!r} sub-folder; found {list(builder.info.splits)}")
+    return builder.as_dataset(split=split, shuffle_files=False)
+
+
+def _tf_dataset_to_numpy(ds, label_key: str, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    import tensorflow as tf
+
+    def prepare(example):
+        image = example["image"]
+        if image.shape.rank != 3 or image.shape[-1] is None:
+            # Decoded files of unknown channel count (image folders): force RGB.
+            image = tf.ensure_shape(image, [None, None, None])
+            image = tf.cond(tf.shape(image)[-1] == 1, lambda: tf.tile(image, [1, 1, 3]), lambda: image[..., :3])
+            image = tf.ensure_shape(image, [None, None, 3])
+        # Images of varying sizes (CUB, image folders) are resized here so they batch.
+        image = tf.image.resize(image, (image_size, image_size), antialias=True)
+        image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+        return image, example[label_key]
+
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).batch(4096).prefetch(2)
+    images, labels = [], []
+    for x, y in ds.as_numpy_iterator():
+        images.append(x)
+        labels.append(y)
+    if not images:
+        raise ValueError("the dataset split is empty")
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def _resize(images: np.ndarray, size: int) -> np.ndarray:
+    if images.shape[1:3] == (size, size):
+        return images
+    import tensorflow as tf
+
+    out = tf.image.resize(images.astype(np.float32), (size, size), method="bilinear", antialias=True)
+    return np.clip(np.round(out.numpy()), 0, 255).astype(np.uint8)
+
+
+def _to_channels(images: np.ndarray, channels: int) -> np.ndarray:
+    """Grayscale <-> RGB so that OOD sets match the in-distribution channel count."""
+    have = images.shape[-1]
+    if have == channels:
+        return images
+    if have == 1 and channels == 3:
+        return np.repeat(images, 3, axis=-1)
+    if have >= 3 and channels == 1:
+        gray = images[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+        return np.round(gray)[..., None].astype(np.uint8)
+    return images[..., :channels]

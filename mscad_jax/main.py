@@ -1,0 +1,51 @@
+"""Entry point: python -m mscad_jax.main --config=configs/<name>.py --workdir=DIR.
+
+Parses flags, initialises multi-host JAX when asked, validates the config before
+anything is written, and dispatches to train.train_and_evaluate.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from mscad_jax import config as config_lib
+from mscad_jax import parallel, train
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/<name>.py[:args]).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard events, results.")
+_MODE = flags.DEFINE_enum("mode", "train", config_lib.MODES,
+                          "train: run (or resume) both stages and evaluate; evaluate: re-run evaluation only.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-host: coordinator host:port.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: index of this process.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    parallel.maybe_initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    logging.info("process %d of %d; %d local / %d global devices: %s", jax.process_index(), jax.process_count(),
+                 jax.local_device_count(), jax.device_count(), jax.devices())
+    config = _CONFIG.value
+    try:
+        config_lib.validate(config, num_devices=jax.device_count())
+    except config_lib.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        train.train_and_evaluate(config, _WORKDIR.value, _MODE.value)
+    except (FileNotFoundError, ValueError) as e:
+        if isinstance(e, config_lib.ConfigError) or _MODE.value == "evaluate" or "batch size" in str(e):
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        raise
+
+
+if __name__ == "__main__":
+    app.run(main)

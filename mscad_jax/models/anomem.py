@@ -1,0 +1,70 @@
+"""AnoMem: encoder + one Hopfield memory and one projection head per configured scale."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+import ml_collections
+
+from mscad_jax.models.memory import HopfieldMemory
+from mscad_jax.models.resnet import ResNet
+
+
+class ProjectionHead(nn.Module):
+    """g_s: C -> C (BN, ReLU) -> proj_dim."""
+
+    hidden: int
+    out: int
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        x = nn.Dense(self.hidden, use_bias=False, name="dense1")(x)
+        x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, name="bn")(x))
+        return nn.Dense(self.out, name="dense2")(x)
+
+
+class AnoMem(nn.Module):
+    """Returns, per scale s (keyed 'scale{s}'), the feature map F_s, the retrieved map
+    R_s, the attention over slots and, with `heads=True`, the projections
+    u = g_s(GAP(F_s)) and v = g_s(GAP(R_s))."""
+
+    depth: int = 18
+    width: int = 64
+    scales: Sequence[int] = (2, 3, 4)
+    num_slots: int = 256
+    beta: float = 10.0
+    projected_memory: bool = False
+    key_dim: int = 64
+    proj_dim: int = 128
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool, heads: bool = True) -> dict[str, dict[str, jnp.ndarray]]:
+        stage_maps = ResNet(self.depth, self.width, self.dtype, name="encoder")(x, train)
+        out = {}
+        for s in self.scales:
+            name = f"scale{s}"
+            features = stage_maps[s - 1].astype(jnp.float32)
+            retrieved, attention = HopfieldMemory(self.num_slots, self.beta, self.projected_memory,
+                                                  self.key_dim, name=f"memory_{name}")(features)
+            result = {"features": features, "retrieved": retrieved, "attention": attention}
+            if heads:
+                pooled = jnp.concatenate([features.mean(axis=(1, 2)), retrieved.mean(axis=(1, 2))])
+                # One head call on [h; m] so its BN normalises both with the same statistics.
+                z = ProjectionHead(features.shape[-1], self.proj_dim, name=f"head_{name}")(pooled, train)
+                result["u"], result["v"] = jnp.split(z, 2)
+            out[name] = result
+        return out
+
+
+def scale_names(scales: Sequence[int]) -> list[str]:
+    return [f"scale{s}" for s in scales]
+
+
+def from_config(model_config: ml_collections.ConfigDict) -> AnoMem:
+    return AnoMem(depth=model_config.depth, width=model_config.width, scales=tuple(model_config.scales),
+                  num_slots=model_config.num_slots, beta=model_config.beta,
+                  projected_memory=model_config.projected_memory, key_dim=model_config.key_dim,
+                  proj_dim=model_config.proj_dim, dtype=jnp.dtype(model_config.dtype))

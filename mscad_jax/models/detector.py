@@ -1,0 +1,38 @@
+"""Stage-2 anomaly distance detector phi_s: a small bias-free CNN on a deviation map.
+
+No biases and no BatchNorm, as in Deep SVDD: with a bias the network could map every
+input to the centre c_s (hypersphere collapse).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+class DeviationDetector(nn.Module):
+    """1x1 conv -> ReLU -> 3x3 conv -> ReLU -> GAP -> dense, all bias-free."""
+
+    hidden: int = 64
+    embed_dim: int = 32
+
+    @nn.compact
+    def __call__(self, deviation: jnp.ndarray) -> jnp.ndarray:
+        x = nn.relu(nn.Conv(self.hidden, (1, 1), use_bias=False, name="conv1")(deviation))
+        x = nn.relu(nn.Conv(self.hidden, (3, 3), padding="SAME", use_bias=False, name="conv2")(x))
+        return nn.Dense(self.embed_dim, use_bias=False, name="dense")(x.mean(axis=(1, 2)))
+
+
+class MultiScaleDetector(nn.Module):
+    """One detector per scale name; maps {scale: D_s} -> {scale: embedding}."""
+
+    scale_names: Sequence[str]
+    hidden: int = 64
+    embed_dim: int = 32
+
+    @nn.compact
+    def __call__(self, deviations: dict[str, jnp.ndarray]) -> dict[str, jnp.ndarray]:
+        return {s: DeviationDetector(self.hidden, self.embed_dim, name=f"detector_{s}")(deviations[s])
+                for s in self.scale_names}

@@ -1,0 +1,44 @@
+"""Modern Hopfield memory: learnable normal prototypes queried at every spatial position.
+
+Default (cosine) form: a = softmax(beta * cos(f, M)), r = a @ M. The projected form
+softmax(beta * (f Wq)(M Wk)^T) (M Wk Wv) is behind `projected=True`. The stored
+patterns are the `slots` param, an explicit leaf of the params pytree.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def cosine_attention(queries: jnp.ndarray, slots: jnp.ndarray, beta: float) -> jnp.ndarray:
+    """softmax over slots of beta * cos(query, slot); queries [..., C], slots [N, C]."""
+    q = queries / jnp.sqrt(jnp.sum(queries**2, axis=-1, keepdims=True) + 1e-12)
+    k = slots / jnp.sqrt(jnp.sum(slots**2, axis=-1, keepdims=True) + 1e-12)
+    return jax.nn.softmax(beta * q @ k.T, axis=-1)
+
+
+class HopfieldMemory(nn.Module):
+    """Retrieves, for each feature vector, a convex combination of stored patterns."""
+
+    num_slots: int
+    beta: float = 10.0
+    projected: bool = False
+    key_dim: int = 64
+
+    @nn.compact
+    def __call__(self, features: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+        """features [..., C] -> (retrieved [..., C], attention [..., num_slots]), float32."""
+        channels = features.shape[-1]
+        slots = self.param("slots", nn.initializers.normal(stddev=1.0), (self.num_slots, channels))
+        # Attention runs in float32 even under bf16 compute: the softmax is sharp (beta 10).
+        f = features.astype(jnp.float32)
+        if not self.projected:
+            attention = cosine_attention(f, slots, self.beta)
+            return attention @ slots, attention
+        dense = lambda n, name: nn.Dense(n, use_bias=False, name=name)  # noqa: E731
+        keys = dense(self.key_dim, "w_k")(slots)
+        logits = self.beta * dense(self.key_dim, "w_q")(f) @ keys.T
+        attention = jax.nn.softmax(logits, axis=-1)
+        return attention @ dense(channels, "w_v")(keys), attention

@@ -1,0 +1,249 @@
+"""Diagnostic plots for AnoMem evaluation and training, written as PNG files.
+
+Every function renders one figure with matplotlib's non-interactive Agg
+backend (so it works on headless training machines), writes it through a
+temporary file that is renamed into place (a crash never leaves a truncated
+PNG), closes the figure (long evaluation loops would otherwise accumulate
+figures and memory), and returns the path it wrote.
+
+Conventions: label 1 = anomaly, higher score = more anomalous.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import matplotlib
+
+# Must precede the pyplot import: pyplot picks its backend on first import,
+# and an interactive one fails (or opens windows) without a display.
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
+
+from mscad_jax.metrics import _as_binary_labels, atomic_write, validate_scores_labels  # noqa: E402
+
+__all__ = [
+    "plot_loss_curves",
+    "plot_roc",
+    "plot_score_histograms",
+    "plot_top_anomalies",
+    "top_k_indices",
+]
+
+_DPI = 100
+
+
+def _save(fig: Figure, path: str | os.PathLike[str]) -> str:
+    """Writes `fig` as PNG to `path` atomically and closes it, even on error."""
+    try:
+        with atomic_write(path, "wb") as f:
+            fig.savefig(f, format="png", dpi=_DPI)
+    finally:
+        plt.close(fig)
+    return os.fspath(path)
+
+
+def plot_roc(
+    scores: Any,
+    labels: Any,
+    path: str | os.PathLike[str],
+    title: str | None = None,
+) -> str:
+    """Plots the ROC curve (anomaly = positive) with its AUROC in the legend.
+
+    Args:
+      scores: [N] finite anomaly scores.
+      labels: [N] in {0, 1}; both classes must be present.
+      path: destination PNG.
+      title: optional axes title.
+
+    Returns:
+      `path` as a string.
+    """
+    s, y = validate_scores_labels(scores, labels)
+    fpr, tpr, _ = roc_curve(y, s, pos_label=1)
+    auroc = roc_auc_score(y, s)
+    fig, ax = plt.subplots(figsize=(5, 5), layout="constrained")
+    ax.plot(fpr, tpr, lw=2, label=f"AUROC = {auroc:.4f}")
+    ax.plot([0, 1], [0, 1], ls="--", color="gray", lw=1, label="chance")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="False positive rate", ylabel="True positive rate")
+    ax.set_aspect("equal")
+    ax.legend(loc="lower right")
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
+
+
+def plot_score_histograms(
+    scores: Any,
+    labels: Any,
+    path: str | os.PathLike[str],
+    title: str | None = None,
+    bins: int = 50,
+) -> str:
+    """Overlaid density histograms of normal vs anomalous scores.
+
+    Both classes share one set of bin edges so their bars are directly
+    comparable. A class with no samples is simply not drawn, which allows
+    plotting e.g. scores of normal-only data.
+
+    Args:
+      scores: [N] finite anomaly scores.
+      labels: [N] in {0, 1}.
+      path: destination PNG.
+      title: optional axes title.
+      bins: number of shared bins.
+
+    Returns:
+      `path` as a string.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    y = _as_binary_labels(labels)
+    if s.ndim != 1 or y.shape != s.shape:
+        raise ValueError(f"scores and labels must be 1-D of equal length, got {s.shape} and {y.shape}.")
+    if s.size == 0:
+        raise ValueError("scores is empty; nothing to plot.")
+    if not np.all(np.isfinite(s)):
+        raise ValueError(f"scores must be finite; got {int((~np.isfinite(s)).sum())} non-finite values.")
+    edges = np.histogram_bin_edges(s, bins=bins)
+    fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
+    for value, name, color in ((0, "normal", "tab:blue"), (1, "anomalous", "tab:red")):
+        part = s[y == value]
+        if part.size:
+            ax.hist(part, bins=edges, density=True, alpha=0.5, color=color, label=f"{name} (n={part.size})")
+    ax.set(xlabel="Anomaly score", ylabel="Density")
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
+
+
+def top_k_indices(scores: Any, k: int) -> np.ndarray:
+    """Indices of the `min(k, N)` highest scores, highest first.
+
+    Ties keep the original order (stable sort), so results are deterministic.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim != 1:
+        raise ValueError(f"scores must be 1-D, got shape {s.shape}.")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}.")
+    # argsort places NaN last, so a NaN score is treated as least anomalous.
+    return np.argsort(-s, kind="stable")[:k]
+
+
+def plot_top_anomalies(
+    images: Any,
+    heatmaps: Any,
+    scores: Any,
+    path: str | os.PathLike[str],
+    k: int = 8,
+) -> str:
+    """Shows the `k` highest-scoring images and their anomaly heatmaps.
+
+    Top row: the images; bottom row: the same images with the heatmap overlaid
+    (jet colormap, alpha 0.5). Each column's title is the image's score.
+    All overlays share one colour range, so colours are comparable across
+    columns. Heatmaps may have a lower resolution than the images (e.g. a
+    feature-map grid); they are stretched over the image.
+
+    Args:
+      images: [N, H, W, C] floats in [0, 1] with C = 1 or 3 ([N, H, W] is
+        treated as grayscale).
+      heatmaps: [N, h, w] anomaly maps.
+      scores: [N] image scores used to pick the top `k`.
+      path: destination PNG.
+      k: number of images to show; clipped to N.
+
+    Returns:
+      `path` as a string.
+    """
+    imgs = np.asarray(images, dtype=np.float32)
+    if imgs.ndim == 3:
+        imgs = imgs[..., None]
+    if imgs.ndim != 4 or imgs.shape[-1] not in (1, 3):
+        raise ValueError(f"images must have shape [N, H, W, C] with C in (1, 3), got {np.shape(images)}.")
+    maps = np.asarray(heatmaps, dtype=np.float32)
+    s = np.asarray(scores, dtype=np.float64)
+    n = imgs.shape[0]
+    if n == 0:
+        raise ValueError("images is empty; nothing to plot.")
+    if maps.ndim != 3 or maps.shape[0] != n or s.shape != (n,):
+        raise ValueError(
+            f"expected heatmaps [N, h, w] and scores [N] with N={n}, got {maps.shape} and {s.shape}."
+        )
+    idx = top_k_indices(s, k)
+    k = idx.size
+    h, w = imgs.shape[1:3]
+    # Clipping avoids matplotlib's "clipping input data" warning for values
+    # slightly outside [0, 1] after de-normalisation.
+    imgs = np.clip(imgs, 0.0, 1.0)
+    shown = maps[idx]
+    finite = shown[np.isfinite(shown)]
+    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    if vmax <= vmin:
+        vmax = vmin + 1.0
+
+    fig, axes = plt.subplots(2, k, figsize=(2.0 * k, 4.4), squeeze=False, layout="constrained")
+    # Heatmap extent matching the image's pixel grid, so a coarser map is
+    # stretched over the whole image rather than drawn in a corner.
+    extent = (-0.5, w - 0.5, h - 0.5, -0.5)
+    for col, i in enumerate(idx):
+        img = imgs[i]
+        kwargs: dict[str, Any] = {"cmap": "gray", "vmin": 0.0, "vmax": 1.0} if img.shape[-1] == 1 else {}
+        disp = img[..., 0] if img.shape[-1] == 1 else img
+        top, bottom = axes[0, col], axes[1, col]
+        top.imshow(disp, **kwargs)
+        top.set_title(f"#{int(i)}  {s[i]:.3g}", fontsize=9)
+        bottom.imshow(disp, **kwargs)
+        bottom.imshow(maps[i], cmap="jet", alpha=0.5, vmin=vmin, vmax=vmax, extent=extent, interpolation="bilinear")
+        bottom.set_title(f"score {s[i]:.3g}", fontsize=9)
+        for ax in (top, bottom):
+            ax.set_xticks([])
+            ax.set_yticks([])
+    return _save(fig, path)
+
+
+def plot_loss_curves(
+    history: Mapping[str, Sequence[tuple[int, float]]],
+    path: str | os.PathLike[str],
+    title: str | None = None,
+) -> str:
+    """Plots one line per named series of `(step, value)` pairs.
+
+    Empty series are skipped; an empty history still produces a (blank) plot
+    so that callers need no special case early in training.
+
+    Args:
+      history: series name -> list of (step, value).
+      path: destination PNG.
+      title: optional axes title.
+
+    Returns:
+      `path` as a string.
+    """
+    fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
+    drawn = 0
+    for name, points in history.items():
+        pts = np.asarray(list(points), dtype=np.float64)
+        if pts.size == 0:
+            continue
+        if pts.ndim != 2 or pts.shape[1] != 2:
+            plt.close(fig)
+            raise ValueError(f"series {name!r} must be a list of (step, value) pairs, got shape {pts.shape}.")
+        order = np.argsort(pts[:, 0], kind="stable")
+        ax.plot(pts[order, 0], pts[order, 1], label=str(name), lw=1.5)
+        drawn += 1
+    ax.set(xlabel="step", ylabel="value")
+    ax.grid(True, alpha=0.3)
+    if drawn:
+        ax.legend()
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)

@@ -1,0 +1,188 @@
+"""Stage 1: memory-augmented contrastive learning of the encoder, memories and heads.
+
+`make_train_step` builds the pure step `(state, batch) -> (state, metrics)`, jitted once
+over the mesh (state replicated, batch sharded, state donated). Losses are computed on
+the global batch, so BatchNorm statistics and NT-Xent negatives span all devices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh
+
+from mscad_jax import checkpoint, loop, losses, parallel
+from mscad_jax.data import augment, input_pipeline
+from mscad_jax.models import anomem
+
+
+@flax.struct.dataclass
+class Stage1State:
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    rng: jax.Array  # raw uint32 key: checkpoints as a plain array
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage1Hparams:
+    """The static (hashable) part of the config that the step closes over."""
+
+    scale_names: tuple[str, ...]
+    scale_weights: tuple[float, ...]
+    temperature: float
+    variance_weight: float
+    repulsion_weight: float
+    repulsion_margin: float
+    augment: augment.AugmentConfig
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict, channels: int) -> "Stage1Hparams":
+        names = tuple(anomem.scale_names(config.model.scales))
+        a = config.stage1.augment
+        aug = augment.AugmentConfig(
+            crop_scale=(float(a.crop_scale_min), 1.0), flip=bool(a.flip),
+            jitter_strength=tuple(float(v) for v in a.jitter_strength), jitter_prob=float(a.jitter_prob),
+            grayscale_prob=float(a.grayscale_prob), color=channels == 3)
+        weights = tuple(float(w) for w in config.stage1.scale_weights) or (1.0,) * len(names)
+        return cls(names, weights, float(config.stage1.temperature), float(config.stage1.variance_weight),
+                   float(config.stage1.repulsion_weight), float(config.stage1.repulsion_margin), aug)
+
+
+def decay_mask(params: Any) -> Any:
+    """True for conv/dense kernels; BN scales/biases, biases and memory slots are excluded
+    from weight decay and from LARS trust-ratio adaptation."""
+    return jax.tree_util.tree_map_with_path(lambda path, _: path[-1].key == "kernel", params)
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
+    peak = config.stage1.base_learning_rate * config.stage1.batch_size / 256
+    total = config.stage1.epochs * steps_per_epoch
+    warmup = min(int(config.stage1.warmup_epochs * steps_per_epoch), total - 1)
+    return optax.warmup_cosine_decay_schedule(0.0, peak, max(warmup, 0), total)
+
+
+def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.GradientTransformation:
+    return optax.lars(learning_rate_schedule(config, steps_per_epoch), weight_decay=config.stage1.weight_decay,
+                      weight_decay_mask=decay_mask, trust_ratio_mask=decay_mask,
+                      momentum=config.stage1.momentum)
+
+
+def _init_fn(model: anomem.AnoMem, tx: optax.GradientTransformation,
+             image_shape: tuple[int, ...]) -> Callable[[jax.Array], Stage1State]:
+    def init(rng):
+        init_rng, step_rng = jax.random.split(rng)
+        variables = model.init(init_rng, jnp.zeros((2,) + tuple(image_shape), jnp.float32), train=False)
+        params = variables["params"]
+        return Stage1State(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables["batch_stats"],
+                           opt_state=tx.init(params), rng=step_rng)
+
+    return init
+
+
+def create_state(model: anomem.AnoMem, tx: optax.GradientTransformation, seed: int,
+                 image_shape: tuple[int, ...], mesh: Mesh) -> Stage1State:
+    """A fresh state, replicated over the mesh."""
+    init = _init_fn(model, tx, image_shape)
+    return jax.jit(init, out_shardings=parallel.replicated(mesh))(jax.random.PRNGKey(seed))
+
+
+def abstract_state(model: anomem.AnoMem, tx: optax.GradientTransformation, seed: int,
+                   image_shape: tuple[int, ...], mesh: Mesh) -> Stage1State:
+    """Shapes, dtypes and shardings of the state, for restoring a checkpoint into."""
+    shapes = jax.eval_shape(_init_fn(model, tx, image_shape), jax.random.PRNGKey(seed))
+    return checkpoint.abstract_like(shapes, parallel.replicated(mesh))
+
+
+def memory_usage(attention: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(entropy of the mean attention over slots, number of slots holding > 1% of it)."""
+    p = attention.reshape(-1, attention.shape[-1]).mean(axis=0)
+    entropy = -jnp.sum(p * jnp.log(jnp.clip(p, 1e-12)))
+    return entropy, jnp.sum(p > 0.01)
+
+
+def loss_and_metrics(params, batch_stats, model: anomem.AnoMem, views: jax.Array, labelled: jax.Array,
+                     hp: Stage1Hparams):
+    """L1 = sum_s lambda_s NTXent_s + mu sum_s L_var,s (+ repulsion of labelled anomalies)."""
+    out, new_vars = model.apply({"params": params, "batch_stats": batch_stats}, views, train=True,
+                                mutable=["batch_stats"])
+    normal = ~labelled
+    total = 0.0
+    metrics = {}
+    for name, weight in zip(hp.scale_names, hp.scale_weights):
+        o = out[name]
+        u1, u2 = jnp.split(o["u"], 2)
+        m1, m2 = jnp.split(o["v"], 2)
+        # Features of one view are pulled to what the memory retrieves for the other view.
+        contrastive = 0.5 * (losses.nt_xent(u1, m2, hp.temperature, normal)
+                             + losses.nt_xent(u2, m1, hp.temperature, normal))
+        variance = losses.memory_variance(params[f"memory_{name}"]["slots"])
+        repulsion = 0.5 * (losses.memory_repulsion(u1, m1, hp.repulsion_margin, labelled)
+                           + losses.memory_repulsion(u2, m2, hp.repulsion_margin, labelled))
+        total = total + weight * contrastive + hp.variance_weight * variance + hp.repulsion_weight * repulsion
+        entropy, used = memory_usage(o["attention"])
+        metrics.update({f"{name}/contrastive": contrastive, f"{name}/variance": variance,
+                        f"{name}/repulsion": repulsion, f"{name}/usage_entropy": entropy,
+                        f"{name}/slots_used": used})
+    metrics["loss"] = total
+    return total, (new_vars["batch_stats"], metrics)
+
+
+def make_train_step(model: anomem.AnoMem, tx: optax.GradientTransformation, hp: Stage1Hparams,
+                    schedule: optax.Schedule, mesh: Mesh) -> Callable[[Stage1State, dict], tuple[Stage1State, dict]]:
+    """The jitted step. batch: {'image': uint8 [B,H,W,C], 'labelled_anomaly': bool [B]}."""
+
+    def train_step(state: Stage1State, batch: dict) -> tuple[Stage1State, dict]:
+        key = jax.random.fold_in(state.rng, state.step)
+        k1, k2 = jax.random.split(key)
+        images = input_pipeline.to_float(batch["image"])
+        views = jnp.concatenate([augment.augment_batch(k1, images, hp.augment),
+                                 augment.augment_batch(k2, images, hp.augment)])
+        grad_fn = jax.value_and_grad(loss_and_metrics, has_aux=True)
+        (_, (batch_stats, metrics)), grads = grad_fn(state.params, state.batch_stats, model, views,
+                                                     batch["labelled_anomaly"], hp)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["learning_rate"] = schedule(state.step)
+        new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
+        return new_state, metrics
+
+    return jax.jit(train_step, in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
+                   out_shardings=parallel.replicated(mesh), donate_argnums=(0,))
+
+
+def train(config: ml_collections.ConfigDict, train_images: np.ndarray, labelled_anomaly: np.ndarray,
+          workdir: str, mesh: Mesh, writer, *, restore_only: bool = False) -> tuple[anomem.AnoMem, Stage1State]:
+    """Trains stage 1 to `config.stage1.epochs`, resuming from workdir's checkpoints."""
+    model = anomem.from_config(config.model)
+    per_epoch = input_pipeline.steps_per_epoch(len(train_images), config.stage1.batch_size)
+    num_steps = config.stage1.epochs * per_epoch
+    tx = make_optimizer(config, per_epoch)
+    image_shape = train_images.shape[1:]
+    hp = Stage1Hparams.from_config(config, image_shape[-1])
+    ckpt = checkpoint.manager(f"{workdir}/checkpoints/stage1", config.max_checkpoints_to_keep)
+    state = checkpoint.restore_latest(ckpt, abstract_state(model, tx, config.seed, image_shape, mesh))
+    start = 0 if state is None else int(parallel.fetch(state.step))
+    if restore_only and start < num_steps:
+        raise FileNotFoundError(f"{workdir} holds no finished stage-1 checkpoint (found step {start} of "
+                                f"{num_steps}); run with --mode=train first")
+    if state is None:
+        state = create_state(model, tx, config.seed, image_shape, mesh)
+    if start < num_steps:
+        step_fn = make_train_step(model, tx, hp, learning_rate_schedule(config, per_epoch), mesh)
+        batches = input_pipeline.train_batches({"image": train_images, "labelled_anomaly": labelled_anomaly},
+                                               config.stage1.batch_size, config.seed, start, num_steps, mesh)
+        state = loop.run(step_fn, state, batches, num_steps=num_steps, writer=writer, ckpt=ckpt,
+                         log_every=config.log_every_steps, checkpoint_every=config.checkpoint_every_steps,
+                         prefix="stage1")
+    ckpt.close()
+    return model, state

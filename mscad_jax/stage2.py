@@ -1,0 +1,210 @@
+"""Stage 2: anomaly distance detectors on the deviation maps D_s = F_s - R_s.
+
+The stage-1 encoder and memories are frozen: their variables are an argument of the
+step (not part of the trained state) and pass through `stop_gradient`. One bias-free
+detector per scale maps D_s to an embedding; a_s = ||phi_s(D_s) - c_s||^2 with c_s
+fixed at initialisation (Deep SVDD), and labelled anomalies are pushed away with the
+Deep SAD term.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh
+
+from mscad_jax import checkpoint, loop, losses, parallel
+from mscad_jax.data import augment, input_pipeline
+from mscad_jax.models import anomem, detector
+
+
+@flax.struct.dataclass
+class Stage2State:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    centers: Any  # {scale name: [embed_dim]}, fixed after initialisation
+    rng: jax.Array
+
+
+def frozen_outputs(model: anomem.AnoMem, frozen: dict, images: jax.Array) -> dict[str, dict[str, jax.Array]]:
+    """Stage-1 outputs in inference mode (BN running statistics), no gradient."""
+    out = model.apply(jax.lax.stop_gradient(frozen), images, train=False, heads=False)
+    return jax.lax.stop_gradient(out)
+
+
+def deviation_maps(outputs: dict[str, dict[str, jax.Array]]) -> dict[str, jax.Array]:
+    return {name: o["features"] - o["retrieved"] for name, o in outputs.items()}
+
+
+def model_scale_names(model: anomem.AnoMem) -> list[str]:
+    return anomem.scale_names(model.scales)
+
+
+def make_detector(config: ml_collections.ConfigDict) -> detector.MultiScaleDetector:
+    return detector.MultiScaleDetector(tuple(anomem.scale_names(config.model.scales)), config.stage2.hidden,
+                                       config.stage2.embed_dim)
+
+
+def distances(embeddings: dict[str, jax.Array], centers: dict[str, jax.Array], names) -> jax.Array:
+    """a_s for every sample: [B, S] in the order of `names`."""
+    return jnp.stack([jnp.sum((embeddings[n] - centers[n]) ** 2, axis=-1) for n in names], axis=-1)
+
+
+def push_from_zero(center: np.ndarray, eps: float) -> np.ndarray:
+    """Coordinates closer to 0 than eps move to +-eps: a centre at 0 is trivially reached
+    by a bias-free network with zero weights."""
+    sign = np.where(center >= 0, 1.0, -1.0)
+    return np.where(np.abs(center) < eps, sign * eps, center).astype(np.float32)
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    return optax.adamw(config.stage2.learning_rate, weight_decay=config.stage2.weight_decay)
+
+
+def _init_params(det: detector.MultiScaleDetector, model: anomem.AnoMem, frozen: dict,
+                 image_shape: tuple[int, ...], rng: jax.Array):
+    sample = frozen_outputs(model, frozen, jnp.zeros((1,) + tuple(image_shape), jnp.float32))
+    return det.init(rng, deviation_maps(sample))
+
+
+def abstract_state(det, model, frozen, tx, image_shape, mesh) -> Stage2State:
+    def init(rng):
+        params = _init_params(det, model, frozen, image_shape, rng)
+        centers = {n: jnp.zeros((det.embed_dim,), jnp.float32) for n in det.scale_names}
+        return Stage2State(jnp.zeros((), jnp.int32), params, tx.init(params), centers, rng)
+
+    shapes = jax.eval_shape(init, jax.random.PRNGKey(0))
+    return checkpoint.abstract_like(shapes, parallel.replicated(mesh))
+
+
+def make_embed_fn(det, model, mesh: Mesh) -> Callable:
+    """Jitted (frozen, params, images uint8) -> {scale: embedding}."""
+    def embed(frozen, params, images):
+        return det.apply(params, deviation_maps(frozen_outputs(model, frozen, input_pipeline.to_float(images))))
+
+    rep = parallel.replicated(mesh)
+    return jax.jit(embed, in_shardings=(rep, rep, parallel.batch_sharded(mesh)),
+                   out_shardings=parallel.batch_sharded(mesh))
+
+
+def create_state(config, det, model, frozen, tx, train_images: np.ndarray, normal: np.ndarray,
+                 mesh: Mesh) -> Stage2State:
+    """Initial detector params and the centres c_s = mean embedding of normal training data."""
+    rng = jax.random.PRNGKey(config.seed + 1)
+    init_rng, step_rng = jax.random.split(rng)
+    rep = parallel.replicated(mesh)
+    params = jax.jit(lambda f, r: _init_params(det, model, f, train_images.shape[1:], r), out_shardings=rep)(
+        frozen, init_rng)
+    embed = make_embed_fn(det, model, mesh)
+    sums = {n: np.zeros(det.embed_dim, np.float64) for n in det.scale_names}
+    images = train_images[normal]
+    for valid, batch in input_pipeline.eval_batches({"image": images}, config.eval.batch_size, mesh):
+        emb = parallel.fetch(embed(frozen, params, batch["image"]))
+        for n in det.scale_names:
+            sums[n] += emb[n][:valid].sum(axis=0)
+    centers = {n: push_from_zero(sums[n] / len(images), config.stage2.center_eps) for n in det.scale_names}
+    state = Stage2State(jnp.zeros((), jnp.int32), params, tx.init(params), centers, step_rng)
+    return jax.device_put(state, rep)
+
+
+def make_train_step(det, model, tx, config: ml_collections.ConfigDict, channels: int, mesh: Mesh):
+    """The jitted step (state, batch, frozen) -> (state, metrics)."""
+    names = det.scale_names
+    eta = float(config.stage2.eta)
+    aug = augment.AugmentConfig(crop_scale=(float(config.stage1.augment.crop_scale_min), 1.0),
+                                color=channels == 3) if config.stage2.augment else None
+
+    def train_step(state: Stage2State, batch: dict, frozen: dict):
+        images = input_pipeline.to_float(batch["image"])
+        if aug is not None:
+            images = augment.augment_batch(jax.random.fold_in(state.rng, state.step), images, aug)
+        deviations = deviation_maps(frozen_outputs(model, frozen, images))
+        labelled = batch["labelled_anomaly"]
+
+        def loss_fn(params):
+            dist = distances(det.apply(params, deviations), state.centers, names)
+            return losses.deep_sad_loss(dist, labelled, eta), dist
+
+        (loss, dist), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        normal = (~labelled).astype(jnp.float32)
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
+        for i, n in enumerate(names):
+            metrics[f"{n}/normal_distance"] = jnp.sum(dist[:, i] * normal) / jnp.maximum(normal.sum(), 1.0)
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    rep = parallel.replicated(mesh)
+    step = jax.jit(train_step, in_shardings=(rep, parallel.batch_sharded(mesh), rep), out_shardings=rep,
+                   donate_argnums=(0,))
+    return step
+
+
+def train(config: ml_collections.ConfigDict, model: anomem.AnoMem, frozen: dict, train_images: np.ndarray,
+          labelled_anomaly: np.ndarray, workdir: str, mesh: Mesh, writer, *,
+          restore_only: bool = False) -> tuple[detector.MultiScaleDetector, Stage2State]:
+    """Trains the detectors to `config.stage2.epochs`, resuming from workdir's checkpoints."""
+    det = make_detector(config)
+    tx = make_optimizer(config)
+    per_epoch = input_pipeline.steps_per_epoch(len(train_images), config.stage2.batch_size)
+    num_steps = config.stage2.epochs * per_epoch
+    ckpt = checkpoint.manager(f"{workdir}/checkpoints/stage2", config.max_checkpoints_to_keep)
+    target = abstract_state(det, model, frozen, tx, train_images.shape[1:], mesh)
+    state = checkpoint.restore_latest(ckpt, target)
+    start = 0 if state is None else int(parallel.fetch(state.step))
+    if restore_only and start < num_steps:
+        raise FileNotFoundError(f"{workdir} holds no finished stage-2 checkpoint (found step {start} of "
+                                f"{num_steps}); run with --mode=train first")
+    if state is None:
+        state = create_state(config, det, model, frozen, tx, train_images, ~labelled_anomaly, mesh)
+    if start < num_steps:
+        step_fn = make_train_step(det, model, tx, config, train_images.shape[-1], mesh)
+        batches = input_pipeline.train_batches({"image": train_images, "labelled_anomaly": labelled_anomaly},
+                                               config.stage2.batch_size, config.seed + 1, start, num_steps, mesh)
+        state = loop.run(lambda s, b: step_fn(s, b, frozen), state, batches, num_steps=num_steps, writer=writer,
+                         ckpt=ckpt, log_every=config.log_every_steps,
+                         checkpoint_every=config.checkpoint_every_steps, prefix="stage2")
+    ckpt.close()
+    return det, state
+
+
+def make_score_fn(det: detector.MultiScaleDetector | None, model: anomem.AnoMem, mesh: Mesh) -> Callable:
+    """Jitted (frozen, params, centers, images uint8) -> per-scale scores and maps.
+
+    Returns {'a/<scale>': [B] detector distance, 'a0/<scale>': [B] training-free score
+    mean_hw ||D_s||^2, 'map/<scale>': [B, H, W] ||D_s[h, w]||^2 upsampled to the image}.
+    With `det=None` (no stage 2 yet) only the training-free 'a0' and 'map' entries.
+    """
+    def score(frozen, params, centers, images):
+        x = input_pipeline.to_float(images)
+        deviations = deviation_maps(frozen_outputs(model, frozen, x))
+        embeddings = None if det is None else det.apply(params, deviations)
+        out = {}
+        for n in model_scale_names(model):
+            energy = jnp.sum(deviations[n] ** 2, axis=-1)
+            if embeddings is not None:
+                out[f"a/{n}"] = jnp.sum((embeddings[n] - centers[n]) ** 2, axis=-1)
+            out[f"a0/{n}"] = energy.mean(axis=(1, 2))
+            out[f"map/{n}"] = jax.image.resize(energy, (x.shape[0],) + x.shape[1:3], "bilinear")
+        return out
+
+    rep = parallel.replicated(mesh)
+    return jax.jit(score, in_shardings=(rep, rep, rep, parallel.batch_sharded(mesh)),
+                   out_shardings=parallel.batch_sharded(mesh))
+
+
+def make_pooled_fn(model: anomem.AnoMem, mesh: Mesh) -> Callable:
+    """Jitted (frozen, images uint8) -> {'pooled': concat_s GAP(F_s)}, for the linear probe."""
+    def pooled(frozen, images):
+        out = frozen_outputs(model, frozen, input_pipeline.to_float(images))
+        return {"pooled": jnp.concatenate([o["features"].mean(axis=(1, 2)) for o in out.values()], axis=-1)}
+
+    return jax.jit(pooled, in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
+                   out_shardings=parallel.batch_sharded(mesh))

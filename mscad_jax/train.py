@@ -1,0 +1,58 @@
+"""train_and_evaluate: stage 1 -> stage 2 -> evaluation, resuming from the workdir.
+
+Each stage restores its newest checkpoint and trains only the steps it still lacks,
+so re-running the same command after a crash or pre-emption carries on. With
+mode='evaluate' both stages must be finished and only the evaluation runs again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+from absl import logging
+from clu import metric_writers
+
+from mscad_jax import evaluate, metrics, parallel, stage1, stage2
+from mscad_jax.data import input_pipeline, protocols
+from mscad_jax.models import anomem
+
+SUMMARY_KEYS = ("dataset", "protocol", "normal_class", "auroc", "aupr", "fpr95", "auroc_training_free",
+                "pixel_auroc", "linear_eval_accuracy", "num_test", "num_anomalies")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mode: str = "train") -> dict[str, Any]:
+    """Runs the whole job; returns the results written to workdir/results.json."""
+    start = time.time()
+    mesh = parallel.make_mesh()
+    data = protocols.build_protocol(config)
+    logging.info("data: %s", data.summary())
+    for stage in ("stage1", "stage2"):
+        input_pipeline.steps_per_epoch(len(data.train_images), config[stage].batch_size)
+
+    # Only now, with the config and data known to work, does anything go to the workdir.
+    os.makedirs(workdir, exist_ok=True)
+    if jax.process_index() == 0:
+        metrics.write_json_atomic(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
+    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+
+    restore_only = mode == "evaluate"
+    model, s1 = stage1.train(config, data.train_images, data.train_labelled_anomaly, workdir, mesh, writer,
+                             restore_only=restore_only)
+    frozen = {"params": s1.params, "batch_stats": s1.batch_stats}
+    det, s2 = stage2.train(config, model, frozen, data.train_images, data.train_labelled_anomaly, workdir, mesh,
+                           writer, restore_only=restore_only)
+    results = evaluate.evaluate(
+        config, data, stage2.make_score_fn(det, model, mesh), (frozen, s2.params, s2.centers),
+        anomem.scale_names(config.model.scales), workdir, mesh, writer,
+        pooled_fn=stage2.make_pooled_fn(model, mesh), pooled_args=(frozen,))
+    results["wall_time_s"] = time.time() - start
+    if jax.process_index() == 0:
+        metrics.write_json_atomic(os.path.join(workdir, "results.json"), results)
+        print(metrics.results_table([{k: results.get(k) for k in SUMMARY_KEYS}]))
+    writer.close()
+    return results

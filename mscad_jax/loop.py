@@ -29,22 +29,24 @@ def run(step_fn: Callable[[Any, Any], tuple[Any, dict[str, jax.Array]]], state: 
     """Runs `state, metrics = step_fn(state, batch)` over `batches` (step-numbered)."""
     report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer, every_steps=log_every)
     pending: list[tuple[int, dict[str, jax.Array]]] = []
-    step = None
-    for step, batch in batches:
-        state, metrics = step_fn(state, batch)
-        pending.append((step, metrics))
-        done = step + 1
-        report(done)
-        if done % log_every == 0 or done == num_steps:
-            summary = _flush(pending, prefix)
-            writer.write_scalars(done, summary)
-            if on_log:
-                on_log(done, summary)
-            pending = []
-        if done % checkpoint_every == 0 or done == num_steps:
-            checkpoint.save(ckpt, done, state)
-    ckpt.wait_until_finished()
-    writer.flush()
+    try:
+        for step, batch in batches:
+            state, metrics = step_fn(state, batch)
+            pending.append((step, metrics))
+            done = step + 1
+            report(done)
+            if done % log_every == 0 or done == num_steps:
+                summary = _flush(pending, prefix)
+                writer.write_scalars(done, summary)
+                if on_log:
+                    on_log(done, summary)
+                pending = []
+            if done % checkpoint_every == 0 or done == num_steps:
+                checkpoint.save(ckpt, done, state)
+    finally:
+        # Also on an interruption: a checkpoint already being written is completed.
+        ckpt.wait_until_finished()
+        writer.flush()
     return state
 
 

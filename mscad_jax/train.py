@@ -53,6 +53,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mode: st
     results["wall_time_s"] = time.time() - start
     if jax.process_index() == 0:
         metrics.write_json_atomic(os.path.join(workdir, "results.json"), results)
-        print(metrics.results_table([{k: results.get(k) for k in SUMMARY_KEYS}]))
+        print(format_summary(results))
     writer.close()
     return results
+
+
+def format_summary(results: dict[str, Any]) -> str:
+    """The headline results as a two-column markdown table."""
+    rows = ["| result | value |", "|---|---|"]
+    for k in SUMMARY_KEYS:
+        v = results.get(k)
+        rows.append(f"| {k} | {'-' if v is None else f'{v:.4f}' if isinstance(v, float) else v} |")
+    return "\n".join(rows)

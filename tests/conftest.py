@@ -10,3 +10,43 @@ import jax  # noqa: E402
 jax.config.update("jax_num_cpu_devices", 4)
 # Compile time dominates the tiny models used in tests.
 jax.config.update("jax_disable_most_optimizations", True)
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from mscad_jax import config as config_lib  # noqa: E402
+
+
+def make_tiny_config(**overrides):
+    """A config small enough for a few CPU steps: width 4, 8x8 images, batch 8."""
+    c = config_lib.base_config()
+    c.image_size = 8
+    c.model.depth = 10
+    c.model.width = 4
+    c.model.num_slots = 8
+    c.model.proj_dim = 8
+    c.model.key_dim = 4
+    c.stage1.batch_size = 8
+    c.stage1.epochs = 1
+    c.stage1.warmup_epochs = 0
+    c.stage2.batch_size = 8
+    c.stage2.epochs = 1
+    c.stage2.hidden = 4
+    c.stage2.embed_dim = 4
+    c.eval.batch_size = 16
+    c.log_every_steps = 2
+    c.checkpoint_every_steps = 2
+    return config_lib.apply_overrides(c, overrides)
+
+
+@pytest.fixture
+def tiny_config():
+    return make_tiny_config
+
+
+@pytest.fixture
+def random_images():
+    def make(n, size=8, channels=1, seed=0):
+        return np.random.default_rng(seed).integers(0, 256, (n, size, size, channels), dtype=np.uint8)
+
+    return make

@@ -1,0 +1,138 @@
+"""Stage 1: the pure train step, its sharding invariance, masks, the loop and resuming."""
+
+import jax
+import numpy as np
+import pytest
+from clu import metric_writers
+
+from mscad_jax import loop, parallel, stage1
+from mscad_jax.data import input_pipeline
+from mscad_jax.models import anomem
+
+
+def _setup(config, images, devices):
+    mesh = parallel.make_mesh(devices)
+    model = anomem.from_config(config.model)
+    per_epoch = input_pipeline.steps_per_epoch(len(images), config.stage1.batch_size)
+    tx = stage1.make_optimizer(config, per_epoch)
+    hp = stage1.Stage1Hparams.from_config(config, images.shape[-1])
+    state = stage1.create_state(model, tx, config.seed, images.shape[1:], mesh)
+    step = stage1.make_train_step(model, tx, hp, stage1.learning_rate_schedule(config, per_epoch), mesh)
+    return mesh, state, step
+
+
+def _run(config, images, labelled, devices, num_steps):
+    mesh, state, step = _setup(config, images, devices)
+    losses = []
+    arrays = {"image": images, "labelled_anomaly": labelled}
+    for _, batch in input_pipeline.train_batches(arrays, config.stage1.batch_size, config.seed, 0, num_steps, mesh):
+        state, metrics = step(state, batch)
+        losses.append(parallel.fetch(metrics)["loss"])
+    return np.array(losses), parallel.fetch(state.params), step
+
+
+def test_same_result_on_one_and_four_devices(tiny_config, random_images):
+    config = tiny_config(**{"stage1.epochs": 3, "stage1.base_learning_rate": 0.5})
+    images = random_images(8)
+    labelled = np.zeros(8, bool)
+    labelled[5] = True  # the masked NT-Xent and the repulsion term are exercised too
+    loss1, params1, _ = _run(config, images, labelled, jax.devices()[:1], 3)
+    loss4, params4, _ = _run(config, images, labelled, jax.devices()[:4], 3)
+    assert np.all(np.isfinite(loss1))
+    np.testing.assert_allclose(loss4, loss1, rtol=1e-5)
+    flat1 = np.concatenate([x.ravel() for x in jax.tree.leaves(params1)])
+    flat4 = np.concatenate([x.ravel() for x in jax.tree.leaves(params4)])
+    # Relative to the whole parameter vector: single small leaves (BN biases ~1e-3, whose
+    # gradients are cancelling batch sums) differ at float32 round-off from the changed
+    # reduction order, ~3e-6 absolute. Per-device BatchNorm statistics or a per-device
+    # NT-Xent would differ by orders of magnitude more.
+    assert np.linalg.norm(flat4 - flat1) / np.linalg.norm(flat1) < 1e-5
+    np.testing.assert_allclose(flat4, flat1, rtol=1e-4, atol=1e-5)
+
+
+def test_train_step_compiles_once_and_lowers_the_loss(tiny_config, random_images):
+    config = tiny_config(**{"stage1.epochs": 8, "stage1.base_learning_rate": 1.0})
+    images = random_images(8)
+    losses, _, step = _run(config, images, np.zeros(8, bool), jax.devices()[:2], 8)
+    assert step._cache_size() == 1
+    assert losses[-3:].mean() < losses[:3].mean()
+
+
+def test_decay_mask_excludes_norms_biases_and_memory_slots(tiny_config):
+    model = anomem.from_config(tiny_config().model)
+    params = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((2, 8, 8, 1), np.float32),
+                                               train=False))["params"]
+    mask = stage1.decay_mask(params)
+    flat = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(mask)}
+    assert flat["['memory_scale2']['slots']"] is False
+    assert flat["['head_scale2']['dense2']['bias']"] is False
+    assert flat["['encoder']['stem_bn']['scale']"] is False
+    assert flat["['encoder']['stem']['kernel']"] is True
+    assert flat["['head_scale2']['dense1']['kernel']"] is True
+
+
+def test_learning_rate_warms_up_then_decays(tiny_config):
+    config = tiny_config(**{"stage1.epochs": 10, "stage1.warmup_epochs": 2, "stage1.batch_size": 128,
+                            "stage1.base_learning_rate": 1.0})
+    schedule = stage1.learning_rate_schedule(config, steps_per_epoch=10)
+    peak = 1.0 * 128 / 256
+    assert float(schedule(0)) == 0.0
+    assert float(schedule(20)) == pytest.approx(peak)
+    assert float(schedule(10)) == pytest.approx(peak / 2)
+    assert float(schedule(99)) < 0.01 * peak
+
+
+def test_memory_usage_counts_slots_over_one_percent():
+    attention = np.zeros((2, 3, 3, 4), np.float32)
+    attention[..., 0] = 0.5
+    attention[..., 1] = 0.495
+    attention[..., 2] = 0.005
+    entropy, used = stage1.memory_usage(attention)
+    assert int(used) == 2
+    assert 0 < float(entropy) < np.log(4)
+
+
+def test_loop_raises_on_non_finite_loss_naming_the_step(tmp_path):
+    def step_fn(state, batch):
+        return state, {"loss": np.float32(np.nan if batch == 3 else 1.0)}
+
+    writer = metric_writers.create_default_writer(str(tmp_path), just_logging=True)
+    from mscad_jax import checkpoint
+    ckpt = checkpoint.manager(str(tmp_path / "ckpt"))
+    with pytest.raises(loop.NonFiniteLossError, match="step 4"):
+        loop.run(step_fn, {"x": np.zeros(1)}, ((s, s) for s in range(6)), num_steps=6, writer=writer, ckpt=ckpt,
+                 log_every=5, checkpoint_every=100, prefix="stage1")
+
+
+def test_resumed_training_matches_an_uninterrupted_run(tiny_config, random_images, tmp_path, monkeypatch):
+    images = random_images(16)
+    flags = np.zeros(16, bool)
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    writer = metric_writers.create_default_writer(str(tmp_path), just_logging=True)
+    config = tiny_config(**{"stage1.epochs": 2})  # 4 steps, checkpoints every 2
+    _, full = stage1.train(config, images, flags, str(tmp_path / "a"), mesh, writer)
+
+    real_batches = input_pipeline.train_batches
+
+    def preempted_after_two_steps(*args, **kwargs):
+        for step, batch in real_batches(*args, **kwargs):
+            if step == 2:
+                raise KeyboardInterrupt("pre-empted")
+            yield step, batch
+
+    monkeypatch.setattr(input_pipeline, "train_batches", preempted_after_two_steps)
+    with pytest.raises(KeyboardInterrupt):
+        stage1.train(config, images, flags, str(tmp_path / "b"), mesh, writer)
+    steps_run = []
+
+    def recording(*args, **kwargs):
+        for step, batch in real_batches(*args, **kwargs):
+            steps_run.append(step)
+            yield step, batch
+
+    monkeypatch.setattr(input_pipeline, "train_batches", recording)
+    _, resumed = stage1.train(config, images, flags, str(tmp_path / "b"), mesh, writer)
+    assert steps_run == [2, 3]  # resumed from the step-2 checkpoint, not from scratch
+    assert int(resumed.step) == 4
+    for a, b in zip(jax.tree.leaves(parallel.fetch(full.params)), jax.tree.leaves(parallel.fetch(resumed.params))):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)

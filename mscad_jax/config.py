@@ -160,14 +160,17 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]
         *parents, leaf = key.split(".")
         target = config
         for part in parents:
-            if part not in target:
+            if not isinstance(target, ml_collections.ConfigDict) or part not in target:
                 raise ConfigError(f"config argument names unknown field {key!r}")
             target = target[part]
-        if leaf not in target:
+        if not isinstance(target, ml_collections.ConfigDict) or leaf not in target:
             raise ConfigError(f"config argument names unknown field {key!r}")
         if isinstance(target[leaf], tuple) and not isinstance(value, tuple):
             value = (value,)
-        target[leaf] = value
+        try:
+            target[leaf] = value
+        except TypeError as e:  # ConfigDict's type check, e.g. a string for an int field.
+            raise ConfigError(f"config argument {key}={value!r} has the wrong type: {e}") from None
     return config
 
 

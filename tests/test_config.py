@@ -1,0 +1,304 @@
+"""Config fields, `key=value` arguments, validation errors and the command line."""
+
+import importlib.util
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from mscad_jax import config as config_lib
+from mscad_jax.config import ConfigError
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+CONFIG_FILES = sorted((REPO / "configs").glob("*.py"))
+
+
+def load_config_module(name):
+    path = REPO / "configs" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_test_configs_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def get_config(name, arg=None):
+    return load_config_module(name).get_config(arg)
+
+
+def set_field(config, field, value):
+    *parents, leaf = field.split(".")
+    target = config
+    for part in parents:
+        target = target[part]
+    target[leaf] = value
+    return config
+
+
+# ---- valid configs ------------------------------------------------------------------
+
+
+def test_there_are_config_files():
+    names = {p.stem for p in CONFIG_FILES}
+    assert {"default", "fashion_mnist", "cifar10", "cifar100"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("arg", [None, "normal_class=3,protocol=unbalanced"])
+def test_config_files_validate(path, arg):
+    config = get_config(path.stem, arg)
+    config_lib.validate(config)
+    config_lib.validate(config, num_devices=4)
+    config_lib.validate(config, num_devices=1)
+    if arg:
+        assert config.normal_class == 3
+        assert config.protocol == "unbalanced"
+
+
+def test_base_config_validates():
+    config_lib.validate(config_lib.base_config(), num_devices=4)
+
+
+def test_fashion_mnist_cpu_arg_reaches_config():
+    full = get_config("fashion_mnist")
+    cpu = get_config("fashion_mnist", "cpu=True,normal_class=4")
+    assert cpu.normal_class == 4
+    assert full.normal_class == 0
+    assert cpu.model.depth == 10 and cpu.model.width == 16 and cpu.image_size == 28
+    assert full.model.depth == 18 and full.model.width == 64 and full.image_size == 32
+    assert cpu.stage1.batch_size < full.stage1.batch_size
+    assert cpu.stage1.epochs < full.stage1.epochs
+    assert "cpu" not in cpu  # consumed by the config file, not a config field
+    config_lib.validate(cpu, num_devices=4)
+
+
+def test_cifar100_config_uses_coarse_labels():
+    config = get_config("cifar100")
+    assert config.dataset == "cifar100" and config.coarse_label
+    assert config_lib.num_classes(config) == 20
+
+
+# ---- validation errors --------------------------------------------------------------
+
+
+def _ood(c):
+    c.protocol = "ood"
+    return c
+
+
+# (config file, field, bad value); each alone makes a valid config invalid.
+INVALID = [
+    ("default", "dataset", "nope"),
+    ("default", "protocol", "two_class"),
+    ("default", "anomaly_type", "weird"),
+    ("fashion_mnist", "normal_class", 10),
+    ("fashion_mnist", "normal_class", -1),
+    ("default", "normal_class", 12),
+    ("cifar100", "normal_class", 20),  # coarse: 20 super-classes
+    ("cifar10", "normal_class", 10),
+    ("default", "model.scales", ()),
+    ("default", "model.scales", (0, 2)),
+    ("default", "model.scales", (2, 5)),
+    ("default", "model.scales", (2, 2, 3)),
+    ("default", "stage1.batch_size", 0),
+    ("default", "stage1.batch_size", -64),
+    ("default", "stage1.epochs", 0),
+    ("default", "stage1.epochs", -1),
+    ("default", "stage1.base_learning_rate", 0.0),
+    ("default", "stage1.base_learning_rate", -1.0),
+    ("default", "stage2.learning_rate", 0.0),
+    ("default", "stage2.learning_rate", -1e-3),
+    ("default", "stage2.batch_size", 0),
+    ("default", "eval.batch_size", 0),
+    ("default", "data_dir", "/nonexistent/tensorflow_datasets_for_test"),
+    ("default", "known_anomaly_classes", (0,)),  # the normal class itself
+    ("default", "known_anomaly_classes", (10,)),
+    ("default", "style_severity", 6),
+    ("default", "local_kind", "hole"),
+    ("default", "model.depth", 20),
+    ("default", "image_size", 4),
+    ("default", "stage1.scale_weights", (1.0, 1.0)),  # 3 scales configured
+]
+
+
+@pytest.mark.parametrize("name,field,bad", INVALID, ids=[f"{f}={v!r}" for _, f, v in INVALID])
+def test_validation_error_names_field_and_value(name, field, bad):
+    config = get_config(name)
+    config_lib.validate(config)  # valid before the change
+    set_field(config, field, bad)
+    with pytest.raises(ConfigError) as e:
+        config_lib.validate(config)
+    message = str(e.value)
+    assert f"config.{field}=" in message
+    assert repr(bad) in message
+
+
+@pytest.mark.parametrize("bad", [0.0, 1.5, -0.1])
+def test_anomaly_ratio_out_of_range_for_unbalanced(bad):
+    config = get_config("default", "protocol=unbalanced")
+    config.anomaly_ratio = bad
+    with pytest.raises(ConfigError) as e:
+        config_lib.validate(config)
+    assert "config.anomaly_ratio=" in str(e.value) and repr(bad) in str(e.value)
+
+
+def test_anomaly_ratio_bounds_allowed():
+    config = get_config("default", "protocol=unbalanced")
+    for ok in (0.01, 0.2, 1.0):
+        config.anomaly_ratio = ok
+        config_lib.validate(config)
+
+
+def test_batch_not_divisible_by_devices():
+    config = get_config("default")
+    assert config.stage1.batch_size == 64
+    config_lib.validate(config, num_devices=4)
+    with pytest.raises(ConfigError) as e:
+        config_lib.validate(config, num_devices=3)
+    message = str(e.value)
+    assert "config.stage1.batch_size=64" in message
+    assert "3" in message.split("is invalid", 1)[1]
+
+
+def test_stage2_batch_not_divisible_by_devices():
+    config = get_config("default")
+    config.stage2.batch_size = 66
+    config_lib.validate(config, num_devices=2)
+    with pytest.raises(ConfigError, match=r"config\.stage2\.batch_size=66"):
+        config_lib.validate(config, num_devices=4)
+
+
+def test_cifar100_class_ranges():
+    coarse = get_config("cifar100", "normal_class=19")
+    config_lib.validate(coarse)
+    fine = get_config("cifar100", "coarse_label=False,normal_class=99")
+    config_lib.validate(fine)
+    fine.normal_class = 100
+    with pytest.raises(ConfigError, match=r"config\.normal_class=100"):
+        config_lib.validate(fine)
+
+
+def test_coarse_label_needs_a_dataset_with_coarse_labels():
+    config = get_config("cifar10", "coarse_label=True")
+    with pytest.raises(ConfigError, match=r"config\.coarse_label=True"):
+        config_lib.validate(config)
+
+
+def test_ood_protocol_checks():
+    config = _ood(get_config("cifar10"))
+    config_lib.validate(config)
+    config.anomaly_type = "style"
+    with pytest.raises(ConfigError, match=r"config\.anomaly_type='style'"):
+        config_lib.validate(config)
+    config = _ood(get_config("cifar10"))
+    config.ood_datasets = ("svhn_cropped", "nope")
+    with pytest.raises(ConfigError, match=r"config\.ood_datasets=\('svhn_cropped', 'nope'\)"):
+        config_lib.validate(config)
+    config.ood_datasets = ()
+    with pytest.raises(ConfigError, match=r"config\.ood_datasets=\(\)"):
+        config_lib.validate(config)
+
+
+def test_image_folder_needs_an_existing_directory(tmp_path):
+    config = get_config("default", "dataset=image_folder")
+    with pytest.raises(ConfigError, match=r"config\.image_folder_dir=None"):
+        config_lib.validate(config)
+    config.image_folder_dir = str(tmp_path / "missing")
+    with pytest.raises(ConfigError, match="image_folder_dir"):
+        config_lib.validate(config)
+    config.image_folder_dir = str(tmp_path)
+    config_lib.validate(config)
+
+
+def test_existing_data_dir_passes(tmp_path):
+    config = get_config("fashion_mnist")
+    config.data_dir = str(tmp_path)
+    config_lib.validate(config)
+
+
+def test_config_error_is_a_value_error():
+    assert issubclass(ConfigError, ValueError)
+
+
+# ---- parse_arg / apply_overrides ----------------------------------------------------
+
+
+def test_parse_arg_types():
+    parsed = config_lib.parse_arg(
+        "a=1,b=2.5,c=true,d=False,e=None,f=x+y,g=3+4,h=hello,i=-2,j=1e-3, k = spaced ")
+    assert parsed == {"a": 1, "b": 2.5, "c": True, "d": False, "e": None, "f": ("x", "y"),
+                      "g": (3, 4), "h": "hello", "i": -2, "j": 1e-3, "k": "spaced"}
+    assert type(parsed["a"]) is int and type(parsed["b"]) is float and type(parsed["c"]) is bool
+
+
+def test_parse_arg_empty_and_malformed():
+    assert config_lib.parse_arg(None) == {}
+    assert config_lib.parse_arg("") == {}
+    with pytest.raises(ConfigError, match="normal_class"):
+        config_lib.parse_arg("normal_class")
+    # The value may itself hold '='.
+    assert config_lib.parse_arg("data_dir=/a=b") == {"data_dir": "/a=b"}
+
+
+def test_apply_overrides_sets_fields():
+    config = config_lib.base_config()
+    config_lib.apply_arg(config, "stage1.epochs=3,normal_class=7,stage2.learning_rate=0.5,"
+                                 "model.scales=3+4,known_anomaly_classes=2,ood_datasets=mnist+svhn_cropped,"
+                                 "stage1.augment.flip=False,data_dir=/tmp,model.beta=2")
+    assert config.stage1.epochs == 3
+    assert config.normal_class == 7
+    assert config.stage2.learning_rate == 0.5
+    assert config.model.scales == (3, 4)
+    assert config.known_anomaly_classes == (2,)  # a single value for a tuple field
+    assert config.ood_datasets == ("mnist", "svhn_cropped")
+    assert config.stage1.augment.flip is False
+    assert config.data_dir == "/tmp"
+    assert config.model.beta == 2.0 and isinstance(config.model.beta, float)
+    # Others untouched.
+    assert config.stage2.epochs == config_lib.base_config().stage2.epochs
+
+
+@pytest.mark.parametrize("key", ["nope", "stage1.nope", "nope.epochs", "seed.x", "stage1.augment.nope"])
+def test_apply_overrides_unknown_field(key):
+    with pytest.raises(ConfigError) as e:
+        config_lib.apply_overrides(config_lib.base_config(), {key: 1})
+    assert repr(key) in str(e.value)
+
+
+def test_apply_overrides_wrong_type_is_config_error():
+    with pytest.raises(ConfigError, match="stage1.epochs"):
+        config_lib.apply_arg(config_lib.base_config(), "stage1.epochs=abc")
+
+
+def test_config_file_args_unknown_field():
+    with pytest.raises(ConfigError, match="'nope'"):
+        get_config("default", "nope=1")
+    with pytest.raises(ConfigError, match="'nope'"):
+        get_config("fashion_mnist", "cpu=True,nope=1")
+
+
+# ---- command line -------------------------------------------------------------------
+
+
+def _run_main(tmp_path, *args):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
+    workdir = tmp_path / "wd"
+    proc = subprocess.run([sys.executable, "-m", "mscad_jax.main", *args, f"--workdir={workdir}"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    return proc, workdir
+
+
+@pytest.mark.parametrize("args,field", [
+    (("--config=configs/default.py", "--config.dataset=nope"), "dataset"),
+    (("--config=configs/default.py:normal_class=12",), "normal_class"),
+    (("--config=configs/default.py", "--config.stage1.batch_size=0"), "stage1.batch_size"),
+], ids=["dataset", "normal_class", "batch_size"])
+def test_command_line_rejects_bad_config(tmp_path, args, field):
+    proc, workdir = _run_main(tmp_path, *args)
+    assert proc.returncode != 0, proc.stderr
+    error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert error_lines, proc.stderr
+    assert f"config.{field}=" in error_lines[0]
+    assert "Traceback" not in proc.stderr
+    assert not workdir.exists()

@@ -1,0 +1,93 @@
+"""Stage 2: frozen stage-1 model, centres, Deep SVDD / SAD training, scores and maps."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from clu import metric_writers
+
+from mscad_jax import losses, parallel, stage1, stage2
+from mscad_jax.data import input_pipeline
+from mscad_jax.models import anomem
+
+
+def _frozen(config, images, mesh):
+    model = anomem.from_config(config.model)
+    tx = stage1.make_optimizer(config, 1)
+    state = stage1.create_state(model, tx, config.seed, images.shape[1:], mesh)
+    return model, {"params": state.params, "batch_stats": state.batch_stats}
+
+
+def test_no_gradient_reaches_the_frozen_encoder_and_memories(tiny_config, random_images):
+    config = tiny_config()
+    images = random_images(8)
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    model, frozen = _frozen(config, images, mesh)
+    det = stage2.make_detector(config)
+    params = det.init(jax.random.key(0), stage2.deviation_maps(
+        stage2.frozen_outputs(model, frozen, jnp.zeros((1, 8, 8, 1)))))
+    names = det.scale_names
+    centers = {n: jnp.full((config.stage2.embed_dim,), 0.1) for n in names}
+    x = input_pipeline.to_float(images)
+
+    def loss(frozen_vars, det_params):
+        deviations = stage2.deviation_maps(stage2.frozen_outputs(model, frozen_vars, x))
+        dist = stage2.distances(det.apply(det_params, deviations), centers, names)
+        return losses.deep_sad_loss(dist, jnp.zeros(8, bool))
+
+    g_frozen, g_det = jax.grad(loss, argnums=(0, 1))(frozen, params)
+    assert all(float(jnp.max(jnp.abs(g))) == 0.0 for g in jax.tree.leaves(g_frozen))
+    assert any(float(jnp.max(jnp.abs(g))) > 0.0 for g in jax.tree.leaves(g_det))
+
+
+def test_centers_are_pushed_away_from_zero():
+    c = stage2.push_from_zero(np.array([0.0, 0.05, -0.05, 0.3, -2.0]), 0.1)
+    np.testing.assert_allclose(c, [0.1, 0.1, -0.1, 0.3, -2.0])
+
+
+def _train_and_score(config, images, labelled, mesh, workdir):
+    model, frozen = _frozen(config, images, mesh)
+    frozen_before = parallel.fetch(frozen)
+    writer = metric_writers.create_default_writer(workdir, just_logging=True)
+    det, trained = stage2.train(config, model, frozen, images, labelled, workdir, mesh, writer)
+    fresh = stage2.create_state(config, det, model, frozen, stage2.make_optimizer(config), images, ~labelled, mesh)
+    score_fn = stage2.make_score_fn(det, model, mesh)
+    _, batch = next(input_pipeline.eval_batches({"image": images}, len(images), mesh))
+    before = parallel.fetch(score_fn(frozen, fresh.params, fresh.centers, batch["image"]))
+    after = parallel.fetch(score_fn(frozen, trained.params, trained.centers, batch["image"]))
+    for a, b in zip(jax.tree.leaves(frozen_before), jax.tree.leaves(parallel.fetch(frozen))):
+        np.testing.assert_array_equal(a, b)
+    return det, model, frozen, fresh, before, after
+
+
+def test_one_class_training_pulls_normal_data_to_the_centres(tiny_config, random_images, tmp_path):
+    config = tiny_config(**{"stage2.epochs": 6, "stage2.learning_rate": 1e-3})
+    images = random_images(16)
+    labelled = np.zeros(16, bool)
+    mesh = parallel.make_mesh(jax.devices()[:2])
+    det, model, frozen, fresh, before, after = _train_and_score(config, images, labelled, mesh, str(tmp_path))
+    # Centres: the mean initial embedding of the normal training data, pushed from 0.
+    emb = parallel.fetch(stage2.make_embed_fn(det, model, mesh)(frozen, fresh.params, images))
+    for n in det.scale_names:
+        expected = stage2.push_from_zero(emb[n].mean(axis=0), config.stage2.center_eps)
+        np.testing.assert_allclose(parallel.fetch(fresh.centers[n]), expected, rtol=1e-5, atol=1e-6)
+        assert after[f"a/{n}"].mean() < before[f"a/{n}"].mean()
+        # The training-free score does not depend on the detector.
+        np.testing.assert_allclose(after[f"a0/{n}"], before[f"a0/{n}"], rtol=1e-6)
+        assert after[f"map/{n}"].shape == (16, 8, 8)
+
+
+def test_unbalanced_training_separates_labelled_anomalies(tiny_config, random_images, tmp_path):
+    config = tiny_config(**{"stage2.epochs": 6, "stage2.learning_rate": 1e-3, "protocol": "unbalanced"})
+    images = random_images(16)
+    images[-4:] = 255 - images[-4:] // 4  # anomalies: brighter images
+    labelled = np.zeros(16, bool)
+    labelled[-4:] = True
+    mesh = parallel.make_mesh(jax.devices()[:2])
+    det, _, _, _, before, after = _train_and_score(config, images, labelled, mesh, str(tmp_path))
+    sad = lambda s: float(losses.deep_sad_loss(  # noqa: E731
+        np.stack([s[f"a/{n}"] for n in det.scale_names], -1), labelled, config.stage2.eta))
+    assert sad(after) < 0.5 * sad(before)
+    total = sum(after[f"a/{n}"] for n in det.scale_names)
+    assert total[labelled].mean() > total[~labelled].mean()
+
+

@@ -17,16 +17,17 @@ def get_config(arg: str | None = None):
     c.stage2.epochs = 30
     args = base.parse_arg(arg)
     if args.pop("cpu", False):
+        # Sized for the 2-core CPU sweep in experiments/ (about 4 minutes per class there).
         c.image_size = 28
         c.model.depth = 10
         c.model.width = 16
         c.model.num_slots = 64
         c.model.proj_dim = 64
         c.stage1.batch_size = 128
-        c.stage1.epochs = 15
-        c.stage1.warmup_epochs = 2
+        c.stage1.epochs = 8
+        c.stage1.warmup_epochs = 1
         c.stage2.batch_size = 128
-        c.stage2.epochs = 5
+        c.stage2.epochs = 3
         c.stage2.learning_rate = 1e-3
         c.stage2.hidden = 32
         c.log_every_steps = 20

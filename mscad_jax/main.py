@@ -6,7 +6,6 @@ anything is written, and dispatches to train.train_and_evaluate.
 
 from __future__ import annotations
 
-import logging as pylogging
 import sys
 
 import jax
@@ -14,7 +13,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from mscad_jax import config as config_lib
-from mscad_jax import parallel, train
+from mscad_jax import logs, parallel, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/<name>.py[:args]).",
                                           lock_config=True)
@@ -27,18 +26,10 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: index of thi
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-class _QuietLibraries(pylogging.Filter):
-    """Drops INFO chatter of orbax and JAX internals so progress lines stay readable."""
-
-    def filter(self, record: pylogging.LogRecord) -> bool:
-        noisy = any(part in record.pathname for part in ("/orbax/", "/jax/_src/", "/clu/metric_writers/"))
-        return record.levelno >= pylogging.WARNING or not noisy
-
-
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.get_absl_handler().addFilter(_QuietLibraries())
+    logs.quiet_library_logs()
     parallel.maybe_initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     logging.info("process %d of %d; %d local / %d global devices: %s", jax.process_index(), jax.process_count(),
                  jax.local_device_count(), jax.device_count(), jax.devices())

@@ -1,0 +1,128 @@
+"""What stage 1 buys: training-free A0 AUROC with the trained memory vs its initial slots.
+
+Reads a finished run's workdir (e.g. one class of the Fashion-MNIST sweep):
+  TFDS_DATA_DIR=../shared/tensorflow_datasets python experiments/stage1_memory_a0.py \
+      --workdir=runs/fmnist_one_class/class0 --config_arg=cpu=True,normal_class=0 \
+      --out=experiments/results/stage1_fmnist_class0.md
+
+Reports the stage-1 loss curve and memory usage (from the run's TensorBoard events), the
+train-step throughput, and A0 AUROC per scale and combined, for (a) the trained encoder
+with its trained memories and (b) the same encoder with each memory reset to the
+initial random slots of the same seed.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+import sys
+
+import jax
+import numpy as np
+from absl import app, flags
+from clu import metric_writers
+
+from mscad_jax import evaluate, logs, metrics, parallel, plots, stage1, stage2
+from mscad_jax.data import protocols
+from mscad_jax.models import anomem
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A finished run's workdir.", required=True)
+_CONFIG_ARG = flags.DEFINE_string("config_arg", "cpu=True,normal_class=0", "Args for configs/fashion_mnist.py.")
+_OUT = flags.DEFINE_string("out", None, "Markdown report path.", required=True)
+
+
+def _load_config(arg: str):
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "configs", "fashion_mnist.py")
+    spec = importlib.util.spec_from_file_location("fashion_mnist_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def _events(workdir: str) -> dict[str, list[tuple[int, float]]]:
+    import tensorflow as tf
+
+    series: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(glob.glob(os.path.join(workdir, "events.out.tfevents*"))):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                number = float(tf.make_ndarray(value.tensor)) if value.HasField("tensor") else value.simple_value
+                series.setdefault(value.tag, []).append((event.step, number))
+    return series
+
+
+def _a0_aurocs(config, data, model, frozen, names, mesh) -> dict[str, float]:
+    score_fn = stage2.make_score_fn(None, model, mesh)
+    normal = data.train_images[~data.train_labelled_anomaly]
+    train_scores = evaluate.score_images(score_fn, (frozen, None, None), normal, config.eval.batch_size, mesh,
+                                         keep_maps=False)
+    test = evaluate.score_images(score_fn, (frozen, None, None), data.test_images, config.eval.batch_size, mesh,
+                                 keep_maps=False)
+    stats = evaluate.normal_statistics(train_scores)
+    out = metrics.per_scale_auroc({n: test[f"a0/{n}"] for n in names}, data.test_labels)
+    out["combined"] = metrics.image_metrics(evaluate.combine(test, stats, "a0", names, (1.0,) * len(names)),
+                                            data.test_labels)["auroc"]
+    return out
+
+
+def main(argv):
+    del argv
+    logs.quiet_library_logs()
+    config = _load_config(_CONFIG_ARG.value)
+    mesh = parallel.make_mesh()
+    data = protocols.build_protocol(config)
+    writer = metric_writers.create_default_writer(None, just_logging=True)
+    model, state = stage1.train(config, data.train_images, data.train_labelled_anomaly, _WORKDIR.value, mesh,
+                                writer, restore_only=True)
+    names = anomem.scale_names(config.model.scales)
+    trained = {"params": state.params, "batch_stats": state.batch_stats}
+    per_epoch = len(data.train_images) // config.stage1.batch_size
+    initial = stage1.create_state(model, stage1.make_optimizer(config, per_epoch), config.seed,
+                                  data.train_images.shape[1:], mesh)
+    params = dict(state.params)
+    for n in names:
+        params[f"memory_{n}"] = initial.params[f"memory_{n}"]
+    random_memory = {"params": params, "batch_stats": state.batch_stats}
+    with_trained = _a0_aurocs(config, data, model, trained, names, mesh)
+    with_random = _a0_aurocs(config, data, model, random_memory, names, mesh)
+
+    series = _events(_WORKDIR.value)
+    loss = series.get("stage1/loss", [])
+    steps_per_sec = [v for _, v in series.get("steps_per_sec", [])][: max(1, len(loss))]
+    curve = {k: v for k, v in series.items() if k == "stage1/loss" or k.endswith("/contrastive")}
+    plot_path = os.path.splitext(_OUT.value)[0] + "_loss.png"
+    plots.plot_loss_curves({k: v for k, v in curve.items() if k.startswith("stage1/")}, plot_path)
+    lines = [f"# Stage 1 on Fashion-MNIST, `configs/fashion_mnist.py:{_CONFIG_ARG.value}`", "",
+             f"Workdir `{_WORKDIR.value}`, {len(data.train_images)} training images, "
+             f"{config.stage1.epochs} epochs of batch {config.stage1.batch_size}, ResNet-{config.model.depth} "
+             f"width {config.model.width}, {config.model.num_slots} slots per memory, "
+             f"{jax.device_count()} {jax.devices()[0].platform} device(s).", "",
+             "## Stage-1 loss (mean over each logging interval)", "", "| step | loss |", "|---|---|"]
+    stride = max(1, len(loss) // 10)
+    lines += [f"| {s} | {v:.4f} |" for s, v in loss[::stride] + ([loss[-1]] if loss else [])]
+    lines += ["", f"Loss curve: `{os.path.basename(plot_path)}`.", "", "## Memory usage at the end of training", "",
+              "| scale | slots with >1% of the attention | entropy of mean attention (nats) | variance hinge |",
+              "|---|---|---|---|"]
+    for n in names:
+        last = lambda key: series.get(f"stage1/{n}/{key}", [(0, float("nan"))])[-1][1]  # noqa: E731
+        lines.append(f"| {n} | {last('slots_used'):.1f} / {config.model.num_slots} | {last('usage_entropy'):.3f} "
+                     f"(max {np.log(config.model.num_slots):.3f}) | {last('variance'):.4f} |")
+    if steps_per_sec:
+        rate = np.median(steps_per_sec[1:] or steps_per_sec) * config.stage1.batch_size
+        lines += ["", f"Train-step throughput: {rate:.0f} images/s (median of the run's progress reports; "
+                  "each image is two augmented views)."]
+    lines += ["", "## Training-free A0 AUROC (%)", "", "| memory | " + " | ".join(names) + " | combined |",
+              "|---|" + "---|" * (len(names) + 1)]
+    for label, r in (("trained", with_trained), ("initial random slots", with_random)):
+        lines.append(f"| {label} | " + " | ".join(f"{100 * r[n]:.2f}" for n in names)
+                     + f" | {100 * r['combined']:.2f} |")
+    text = "\n".join(lines) + "\n"
+    os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
+    with open(_OUT.value, "w") as f:
+        f.write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    sys.exit(app.run(main))

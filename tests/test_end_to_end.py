@@ -1,0 +1,86 @@
+"""The whole job on tiny configs: results.json keys and ranges, plots, resume, CLI."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mscad_jax import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+REQUIRED_KEYS = ("dataset", "protocol", "normal_class", "auroc", "aupr", "fpr95", "auroc_per_scale",
+                 "auroc_training_free", "pixel_auroc", "num_test", "num_anomalies")
+
+
+def _check_results(workdir, expect_pixel_auroc=False):
+    with open(os.path.join(workdir, "results.json")) as f:
+        results = json.load(f)
+    for key in REQUIRED_KEYS:
+        assert key in results, key
+    for key in ("auroc", "aupr", "fpr95", "auroc_training_free"):
+        assert 0.0 <= results[key] <= 1.0, (key, results[key])
+    assert set(results["auroc_per_scale"]) == {"scale2", "scale3", "scale4"}
+    assert all(0.0 <= v <= 1.0 for v in results["auroc_per_scale"].values())
+    assert 0 < results["num_anomalies"] < results["num_test"]
+    if expect_pixel_auroc:
+        assert 0.0 <= results["pixel_auroc"] <= 1.0
+    else:
+        assert results["pixel_auroc"] is None
+    for name in ("roc.png", "score_histograms.png", "top_anomalies.png"):
+        with open(os.path.join(workdir, "plots", name), "rb") as f:
+            assert f.read(8) == PNG_SIGNATURE
+    assert any(n.startswith("events.out.tfevents") for n in os.listdir(workdir))
+    return results
+
+
+def test_one_class_job_then_evaluate_mode(tiny_config, tmp_path):
+    config = tiny_config(dataset="digits", normal_class=1)
+    workdir = str(tmp_path / "run")
+    results = train.train_and_evaluate(config, workdir)
+    saved = _check_results(workdir)
+    assert saved["num_test"] == 540 and saved["num_anomalies"] == 540 - 55
+    assert saved["normal_class"] == 1 and saved["dataset"] == "digits"
+    assert json.load(open(os.path.join(workdir, "config.json")))["normal_class"] == 1
+    steps = sorted(os.listdir(os.path.join(workdir, "checkpoints", "stage1")))
+    # Evaluation alone gives the same numbers from the checkpoints and trains nothing.
+    again = train.train_and_evaluate(config, workdir, mode="evaluate")
+    assert again["auroc"] == pytest.approx(results["auroc"], abs=1e-6)
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints", "stage1"))) == steps
+
+
+def test_evaluate_mode_without_checkpoints_fails_clearly(tiny_config, tmp_path):
+    with pytest.raises(FileNotFoundError, match="--mode=train"):
+        train.train_and_evaluate(tiny_config(dataset="digits"), str(tmp_path / "empty"), mode="evaluate")
+
+
+def test_unbalanced_local_anomalies_with_linear_eval(tiny_config, tmp_path):
+    config = tiny_config(dataset="digits", protocol="unbalanced", anomaly_ratio=0.1, anomaly_type="local",
+                         local_kind="scar", image_size=16)
+    config.eval.linear_eval = True
+    workdir = str(tmp_path / "run")
+    train.train_and_evaluate(config, workdir)
+    results = _check_results(workdir, expect_pixel_auroc=True)
+    assert results["num_train_labelled_anomalies"] == int(round(0.1 * 124))
+    assert 0.0 <= results["linear_eval_accuracy"] <= 1.0
+    assert results["num_anomalies"] * 2 == results["num_test"]
+
+
+def test_command_line_runs_the_job(tmp_path):
+    workdir = tmp_path / "cli"
+    overrides = ["--config.image_size=8", "--config.model.width=4", "--config.model.num_slots=8",
+                 "--config.model.proj_dim=8", "--config.stage1.epochs=1", "--config.stage1.batch_size=16",
+                 "--config.stage2.epochs=1", "--config.stage2.batch_size=16", "--config.stage2.hidden=4",
+                 "--config.stage2.embed_dim=4"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-m", "mscad_jax.main", "--config=configs/default.py:normal_class=2",
+                           f"--workdir={workdir}", *overrides], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = _check_results(str(workdir))
+    assert results["normal_class"] == 2
+    assert "| auroc |" in proc.stdout
+    assert np.isfinite(results["auroc"])

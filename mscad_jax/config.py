@@ -66,6 +66,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.projected_memory = False  # Projected Hopfield form softmax(b (fWq)(MWk)^T)(MWkWv).
     c.model.key_dim = 64  # Key/query size of the projected memory.
     c.model.proj_dim = 128  # Output size of each projection head g_s.
+    c.model.deviation = "difference"  # D_s: difference (F - R) | normalized (per-position unit F - unit R).
     c.model.dtype = "float32"  # Compute dtype: float32 | bfloat16 (params stay float32).
 
     # ---- stage 1: memory-augmented contrastive learning ----------------------------
@@ -234,6 +235,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         _fail("model.scales", scales, "a non-empty set of distinct stages from 1, 2, 3, 4")
     if m.depth not in (10, 18, 34, 50):
         _fail("model.depth", m.depth, "allowed: 10, 18, 34, 50")
+    if m.deviation not in ("difference", "normalized"):
+        _fail("model.deviation", m.deviation, "allowed: difference, normalized")
     if m.dtype not in ("float32", "bfloat16"):
         _fail("model.dtype", m.dtype, "allowed: float32, bfloat16")
     for field in ("width", "num_slots", "proj_dim", "key_dim"):

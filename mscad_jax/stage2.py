@@ -40,7 +40,7 @@ def frozen_outputs(model: anomem.AnoMem, frozen: dict, images: jax.Array) -> dic
 
 
 def deviation_maps(outputs: dict[str, dict[str, jax.Array]]) -> dict[str, jax.Array]:
-    return {name: o["features"] - o["retrieved"] for name, o in outputs.items()}
+    return {name: o["deviation"] for name, o in outputs.items()}
 
 
 def model_scale_names(model: anomem.AnoMem) -> list[str]:

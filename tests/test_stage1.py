@@ -21,6 +21,24 @@ def _setup(config, images, devices):
     return mesh, state, step
 
 
+MULTIHOST_STEPS = 3
+
+
+def multihost_inputs(make_config):
+    """The config and data that the 1-, 4-device and 2-process runs share."""
+    config = make_config(**{"stage1.epochs": 3, "stage1.base_learning_rate": 0.5})
+    images = np.random.default_rng(0).integers(0, 256, (8, 8, 8, 1), dtype=np.uint8)
+    labelled = np.zeros(8, bool)
+    labelled[5] = True  # the masked NT-Xent and the repulsion term are exercised too
+    return config, images, labelled
+
+
+def run_steps(config, images, labelled, devices, num_steps):
+    """(losses per step, final params) as host arrays."""
+    losses, params, _ = _run(config, images, labelled, devices, num_steps)
+    return losses, params
+
+
 def _run(config, images, labelled, devices, num_steps):
     mesh, state, step = _setup(config, images, devices)
     losses = []
@@ -31,13 +49,10 @@ def _run(config, images, labelled, devices, num_steps):
     return np.array(losses), parallel.fetch(state.params), step
 
 
-def test_same_result_on_one_and_four_devices(tiny_config, random_images):
-    config = tiny_config(**{"stage1.epochs": 3, "stage1.base_learning_rate": 0.5})
-    images = random_images(8)
-    labelled = np.zeros(8, bool)
-    labelled[5] = True  # the masked NT-Xent and the repulsion term are exercised too
-    loss1, params1, _ = _run(config, images, labelled, jax.devices()[:1], 3)
-    loss4, params4, _ = _run(config, images, labelled, jax.devices()[:4], 3)
+def test_same_result_on_one_and_four_devices(tiny_config):
+    config, images, labelled = multihost_inputs(tiny_config)
+    loss1, params1, _ = _run(config, images, labelled, jax.devices()[:1], MULTIHOST_STEPS)
+    loss4, params4, _ = _run(config, images, labelled, jax.devices()[:4], MULTIHOST_STEPS)
     assert np.all(np.isfinite(loss1))
     np.testing.assert_allclose(loss4, loss1, rtol=1e-5)
     flat1 = np.concatenate([x.ravel() for x in jax.tree.leaves(params1)])

@@ -25,10 +25,23 @@ class ProjectionHead(nn.Module):
         return nn.Dense(self.out, name="dense2")(x)
 
 
+DEVIATIONS = ("difference", "normalized")
+
+
+def deviation_map(features: jnp.ndarray, retrieved: jnp.ndarray, kind: str) -> jnp.ndarray:
+    """D_s = F_s - R_s ('difference'), or the same on per-position unit vectors
+    ('normalized'), which ignores how strongly a position fires and keeps only how far its
+    direction is from the memory's prototype: ||D||^2 = 2 - 2 cos(F, R)."""
+    if kind == "normalized":
+        unit = lambda x: x / jnp.sqrt(jnp.sum(x**2, axis=-1, keepdims=True) + 1e-12)  # noqa: E731
+        return unit(features) - unit(retrieved)
+    return features - retrieved
+
+
 class AnoMem(nn.Module):
     """Returns, per scale s (keyed 'scale{s}'), the feature map F_s, the retrieved map
-    R_s, the attention over slots and, with `heads=True`, the projections
-    u = g_s(GAP(F_s)) and v = g_s(GAP(R_s))."""
+    R_s, the attention over slots, the deviation map D_s and, with `heads=True`, the
+    projections u = g_s(GAP(F_s)) and v = g_s(GAP(R_s))."""
 
     depth: int = 18
     width: int = 64
@@ -38,6 +51,7 @@ class AnoMem(nn.Module):
     projected_memory: bool = False
     key_dim: int = 64
     proj_dim: int = 128
+    deviation: str = "difference"
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -49,7 +63,8 @@ class AnoMem(nn.Module):
             features = stage_maps[s - 1].astype(jnp.float32)
             retrieved, attention = HopfieldMemory(self.num_slots, self.beta, self.projected_memory,
                                                   self.key_dim, name=f"memory_{name}")(features)
-            result = {"features": features, "retrieved": retrieved, "attention": attention}
+            result = {"features": features, "retrieved": retrieved, "attention": attention,
+                      "deviation": deviation_map(features, retrieved, self.deviation)}
             if heads:
                 pooled = jnp.concatenate([features.mean(axis=(1, 2)), retrieved.mean(axis=(1, 2))])
                 # One head call on [h; m] so its BN normalises both with the same statistics.
@@ -67,4 +82,4 @@ def from_config(model_config: ml_collections.ConfigDict) -> AnoMem:
     return AnoMem(depth=model_config.depth, width=model_config.width, scales=tuple(model_config.scales),
                   num_slots=model_config.num_slots, beta=model_config.beta,
                   projected_memory=model_config.projected_memory, key_dim=model_config.key_dim,
-                  proj_dim=model_config.proj_dim, dtype=jnp.dtype(model_config.dtype))
+                  proj_dim=model_config.proj_dim, deviation=model_config.deviation, dtype=jnp.dtype(model_config.dtype))

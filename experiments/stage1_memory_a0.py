@@ -14,7 +14,6 @@ initial random slots of the same seed.
 from __future__ import annotations
 
 import glob
-import importlib.util
 import os
 import sys
 
@@ -23,6 +22,7 @@ import numpy as np
 from absl import app, flags
 from clu import metric_writers
 
+from mscad_jax import config as config_lib
 from mscad_jax import evaluate, logs, metrics, parallel, plots, stage1, stage2
 from mscad_jax.data import protocols
 from mscad_jax.models import anomem
@@ -32,12 +32,7 @@ _CONFIG_ARG = flags.DEFINE_string("config_arg", "cpu=True,normal_class=0", "Args
 _OUT = flags.DEFINE_string("out", None, "Markdown report path.", required=True)
 
 
-def _load_config(arg: str):
-    path = os.path.join(os.path.dirname(__file__), os.pardir, "configs", "fashion_mnist.py")
-    spec = importlib.util.spec_from_file_location("fashion_mnist_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+CONFIG_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "configs", "fashion_mnist.py")
 
 
 def _events(workdir: str) -> dict[str, list[tuple[int, float]]]:
@@ -69,7 +64,7 @@ def _a0_aurocs(config, data, model, frozen, names, mesh) -> dict[str, float]:
 def main(argv):
     del argv
     logs.quiet_library_logs()
-    config = _load_config(_CONFIG_ARG.value)
+    config = config_lib.load_config_file(CONFIG_FILE, _CONFIG_ARG.value)
     mesh = parallel.make_mesh()
     data = protocols.build_protocol(config)
     writer = metric_writers.create_default_writer(None, just_logging=True)

@@ -117,6 +117,16 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """`get_config(arg)` of a config file, as `--config=path:arg` would load it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
 def parse_arg(arg: str | None) -> dict[str, Any]:
     """Parses `normal_class=3,protocol=unbalanced` into typed values.
 
@@ -127,6 +137,8 @@ def parse_arg(arg: str | None) -> dict[str, Any]:
         return {}
     out = {}
     for item in arg.split(","):
+        if not item.strip():
+            continue
         if "=" not in item:
             raise ConfigError(f"config argument {item!r} is not of the form key=value")
         key, value = item.split("=", 1)

@@ -7,6 +7,7 @@ stages 2..4 halve the resolution.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -21,6 +22,11 @@ RESNET_LAYOUTS: dict[int, tuple[tuple[int, ...], bool]] = {
 }
 
 
+def _conv(features: int, kernel: int, strides: int, name: str, dtype: Any) -> nn.Conv:
+    return nn.Conv(features, (kernel, kernel), (strides, strides), padding="SAME", use_bias=False, dtype=dtype,
+                   name=name)
+
+
 class BasicBlock(nn.Module):
     features: int
     strides: int
@@ -29,8 +35,7 @@ class BasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        conv = lambda f, k, s, name: nn.Conv(f, (k, k), (s, s), padding="SAME", use_bias=False,  # noqa: E731
-                                              dtype=self.dtype, name=name)
+        conv = functools.partial(_conv, dtype=self.dtype)
         y = nn.relu(self.norm(name="bn1")(conv(self.features, 3, self.strides, "conv1")(x)))
         # Zero-init of the last BN scale makes each block start as the identity.
         y = self.norm(name="bn2", scale_init=nn.initializers.zeros)(conv(self.features, 3, 1, "conv2")(y))
@@ -47,8 +52,7 @@ class BottleneckBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        conv = lambda f, k, s, name: nn.Conv(f, (k, k), (s, s), padding="SAME", use_bias=False,  # noqa: E731
-                                              dtype=self.dtype, name=name)
+        conv = functools.partial(_conv, dtype=self.dtype)
         y = nn.relu(self.norm(name="bn1")(conv(self.features, 1, 1, "conv1")(x)))
         y = nn.relu(self.norm(name="bn2")(conv(self.features, 3, self.strides, "conv2")(y)))
         y = self.norm(name="bn3", scale_init=nn.initializers.zeros)(conv(self.features * 4, 1, 1, "conv3")(y))

@@ -113,7 +113,7 @@ def base_config() -> ml_collections.ConfigDict:
     # ---- bookkeeping --------------------------------------------------------------
     c.log_every_steps = 50  # Scalars to TensorBoard/log every N steps.
     c.checkpoint_every_steps = 500  # Checkpoint cadence (and always at the end of a stage).
-    c.max_checkpoints_to_keep = 2
+    c.max_checkpoints_to_keep = 2  # Newest checkpoints kept per stage.
     return c
 
 

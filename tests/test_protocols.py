@@ -391,6 +391,20 @@ def test_cifar10_ood_svhn_mocked(mock_tfds):
     np.testing.assert_array_equal(data.test_images[n:], sources.load_split("svhn_cropped", "test", 16, 3).images)
 
 
+def test_cifar10_style_uses_cifar10_corrupted_mocked(mock_tfds):
+    labels = _raw_labels(mock_tfds, "cifar10", "test", "label")
+    normal = int(np.bincount(labels).argmax())
+    config = get_config("cifar10", f"image_size=16,normal_class={normal},anomaly_type=style,"
+                                   "style_corruption=contrast,style_severity=2")
+    data = build(config)
+    corrupted = sources.load_split("cifar10_corrupted/contrast_2", "test", 16, 3)
+    expected = corrupted.images[corrupted.labels == normal]
+    m = int((labels == normal).sum())
+    np.testing.assert_array_equal(data.test_images[m:], expected)
+    np.testing.assert_array_equal(data.test_labels, np.r_[np.zeros(m), np.ones(len(expected))].astype(np.int32))
+    assert data.test_masks is None
+
+
 def test_ood_grayscale_into_rgb_mocked(mock_tfds):
     # An OOD set with another channel count is converted to the in-distribution's.
     config = get_config("cifar10", "image_size=16,protocol=ood,ood_datasets=mnist+svhn_cropped")

@@ -66,10 +66,12 @@ class AnoMem(nn.Module):
             result = {"features": features, "retrieved": retrieved, "attention": attention,
                       "deviation": deviation_map(features, retrieved, self.deviation)}
             if heads:
-                pooled = jnp.concatenate([features.mean(axis=(1, 2)), retrieved.mean(axis=(1, 2))])
-                # One head call on [h; m] so its BN normalises both with the same statistics.
-                z = ProjectionHead(features.shape[-1], self.proj_dim, name=f"head_{name}")(pooled, train)
-                result["u"], result["v"] = jnp.split(z, 2)
+                head = ProjectionHead(features.shape[-1], self.proj_dim, name=f"head_{name}")
+                # Shared weights, but h and m go through the head in separate calls: their
+                # distributions differ (m averages memory slots), and a joint BatchNorm
+                # would flatten whichever of the two has the smaller spread.
+                result["u"] = head(features.mean(axis=(1, 2)), train)
+                result["v"] = head(retrieved.mean(axis=(1, 2)), train)
             out[name] = result
         return out
 

@@ -34,18 +34,14 @@ def main(argv: list[str]) -> None:
     logging.info("process %d of %d; %d local / %d global devices: %s", jax.process_index(), jax.process_count(),
                  jax.local_device_count(), jax.device_count(), jax.devices())
     config = _CONFIG.value
+    # Problems the user can fix (a bad field, a batch larger than the data, evaluating an
+    # untrained workdir) end with one line and status 2, not a traceback.
     try:
         config_lib.validate(config, num_devices=jax.device_count())
-    except config_lib.ConfigError as e:
+        train.train_and_evaluate(config, _WORKDIR.value, _MODE.value)
+    except (config_lib.ConfigError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    try:
-        train.train_and_evaluate(config, _WORKDIR.value, _MODE.value)
-    except (FileNotFoundError, ValueError) as e:
-        if isinstance(e, config_lib.ConfigError) or _MODE.value == "evaluate" or "batch size" in str(e):
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
-        raise
 
 
 if __name__ == "__main__":

@@ -95,7 +95,8 @@ def main(argv):
              f"{jax.device_count()} {jax.devices()[0].platform} device(s).", "",
              "## Stage-1 loss (mean over each logging interval)", "", "| step | loss |", "|---|---|"]
     stride = max(1, len(loss) // 10)
-    lines += [f"| {s} | {v:.4f} |" for s, v in loss[::stride] + ([loss[-1]] if loss else [])]
+    shown = loss[::stride] + ([loss[-1]] if loss and (len(loss) - 1) % stride else [])
+    lines += [f"| {s} | {v:.4f} |" for s, v in shown]
     lines += ["", f"Loss curve: `{os.path.basename(plot_path)}`.", "", "## Memory usage at the end of training", "",
               "| scale | slots with >1% of the attention | entropy of mean attention (nats) | variance hinge |",
               "|---|---|---|---|"]
@@ -105,8 +106,8 @@ def main(argv):
                      f"(max {np.log(config.model.num_slots):.3f}) | {last('variance'):.4f} |")
     if steps_per_sec:
         rate = np.median(steps_per_sec[1:] or steps_per_sec) * config.stage1.batch_size
-        lines += ["", f"Train-step throughput: {rate:.0f} images/s (median of the run's progress reports; "
-                  "each image is two augmented views)."]
+        lines += ["", f"Train-step throughput during the run: {rate:.0f} images/s (median of its progress "
+                  "reports; each image is two augmented views; other jobs on the machine lower it)."]
     lines += ["", "## Training-free A0 AUROC (%)", "", "| memory | " + " | ".join(names) + " | combined |",
               "|---|" + "---|" * (len(names) + 1)]
     for label, r in (("trained", with_trained), ("initial random slots", with_random)):

@@ -6,6 +6,7 @@ anything is written, and dispatches to train.train_and_evaluate.
 
 from __future__ import annotations
 
+import re
 import sys
 
 import jax
@@ -26,6 +27,18 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: index of thi
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parser, but a ConfigError raised while loading the config file (a bad
+    `--config=file.py:key=value` argument) ends with one line and status 2 instead of
+    ml_collections' traceback."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        found = re.search(r"ConfigError: (.+)$", str(e).strip())
+        print(f"error: {found.group(1) if found else e}", file=sys.stderr)
+        sys.exit(2)
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -33,7 +46,12 @@ def main(argv: list[str]) -> None:
     parallel.maybe_initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     logging.info("process %d of %d; %d local / %d global devices: %s", jax.process_index(), jax.process_count(),
                  jax.local_device_count(), jax.device_count(), jax.devices())
-    config = _CONFIG.value
+    try:
+        config = _CONFIG.value
+        config.keys()  # config_flags defers a missing or broken file's error to first use
+    except OSError as e:
+        print(f"error: --config could not be loaded: {' '.join(str(e).split())}", file=sys.stderr)
+        sys.exit(2)
     # Problems the user can fix (a bad field, a batch larger than the data, evaluating an
     # untrained workdir) end with one line and status 2, not a traceback.
     try:
@@ -45,4 +63,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -289,16 +289,18 @@ def _run_main(tmp_path, *args):
     return proc, workdir
 
 
-@pytest.mark.parametrize("args,field", [
-    (("--config=configs/default.py", "--config.dataset=nope"), "dataset"),
-    (("--config=configs/default.py:normal_class=12",), "normal_class"),
-    (("--config=configs/default.py", "--config.stage1.batch_size=0"), "stage1.batch_size"),
-], ids=["dataset", "normal_class", "batch_size"])
-def test_command_line_rejects_bad_config(tmp_path, args, field):
+@pytest.mark.parametrize("args,expected", [
+    (("--config=configs/default.py", "--config.dataset=nope"), "config.dataset="),
+    (("--config=configs/default.py:normal_class=12",), "config.normal_class="),
+    (("--config=configs/default.py", "--config.stage1.batch_size=0"), "config.stage1.batch_size="),
+    (("--config=configs/default.py:no_such_field=1",), "unknown field 'no_such_field'"),
+    (("--config=configs/no_such_file.py",), "configs/no_such_file.py"),
+], ids=["dataset", "normal_class", "batch_size", "unknown_arg_field", "missing_file"])
+def test_command_line_rejects_bad_config(tmp_path, args, expected):
     proc, workdir = _run_main(tmp_path, *args)
     assert proc.returncode != 0, proc.stderr
     error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert error_lines, proc.stderr
-    assert f"config.{field}=" in error_lines[0]
+    assert expected in error_lines[0]
     assert "Traceback" not in proc.stderr
     assert not workdir.exists()

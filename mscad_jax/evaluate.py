@@ -1,4 +1,4 @@
-"""Scores for the test split -> metrics -> results.json, TensorBoard scalars and plots.
+"""Scores for the test split -> metrics (the results dict), TensorBoard scalars and plots.
 
 The final score is A(x) = sum_s w_s (a_s(x) - mu_s) / sigma_s with mu_s, sigma_s
 measured on the normal training data; the training-free score A0 is combined the same
@@ -58,7 +58,8 @@ def localisation_maps(scores: dict[str, np.ndarray], stats: dict[str, tuple[floa
 def evaluate(config: ml_collections.ConfigDict, data: protocols.ProtocolData, score_fn: Callable,
              score_args: tuple, names: list[str], workdir: str, mesh: Mesh, writer=None,
              pooled_fn: Callable | None = None, pooled_args: tuple = ()) -> dict[str, Any]:
-    """Scores the test split and writes results.json (and plots) into workdir."""
+    """Scores the test split; returns the results (the caller writes results.json) and
+    writes TensorBoard scalars and plots."""
     weights = tuple(float(w) for w in config.eval.score_weights) or (1.0,) * len(names)
     normal_train = data.train_images[~data.train_labelled_anomaly]
     if len(normal_train) > MAX_STATS_EXAMPLES:
@@ -100,7 +101,6 @@ def evaluate(config: ml_collections.ConfigDict, data: protocols.ProtocolData, sc
         if config.eval.plots:
             write_plots(os.path.join(workdir, "plots"), final, labels, data.test_images, maps,
                         config.eval.num_top_anomalies)
-        metrics.write_json_atomic(os.path.join(workdir, "results.json"), results)
     return results
 
 

@@ -56,25 +56,94 @@ def test_config_is_hashable_and_frozen():
         cfg.flip = False  # type: ignore[misc]
 
 
-def test_grayscale_input_skips_colour_ops():
+def test_grayscale_input_gets_brightness_and_contrast_only():
     gray = _images(1, 16, 16, 1)[0]
     key = jax.random.key(4)
-    out = aug.augment_image(key, gray, _CFG)
+    cfg = dataclasses.replace(_CFG, jitter_prob=1.0)
+    out = aug.augment_image(key, gray, cfg)
     assert out.shape == gray.shape
-    # With colour ops statically off the result is identical: nothing colour ran.
-    no_colour = aug.augment_image(key, gray, dataclasses.replace(_CFG, color=False))
-    np.testing.assert_array_equal(out, no_colour)
+    geometry_only = aug.augment_image(key, gray, dataclasses.replace(cfg, jitter_prob=0.0))
+    assert not np.allclose(out, geometry_only)  # brightness / contrast did run
+    # Saturation and hue strengths cannot matter for a gray image.
+    np.testing.assert_array_equal(out, aug.augment_image(key, gray, dataclasses.replace(
+        cfg, jitter_strength=(0.4, 0.4, 0.0, 0.0))))
 
 
-def test_color_false_applies_only_geometry_to_rgb():
+def test_jitter_off_applies_only_geometry_to_rgb():
     rgb = _images(1, 16, 16, 3)[0]
     key = jax.random.key(5)
-    cfg = dataclasses.replace(_CFG, color=False)
+    cfg = dataclasses.replace(_CFG, jitter_prob=0.0, grayscale_prob=0.0)
     out = aug.augment_image(key, rgb, cfg)
     # Geometry is per-channel, so each output channel equals augmenting that channel alone.
     for ch in range(3):
         single = aug.augment_image(key, rgb[..., ch : ch + 1], cfg)
         np.testing.assert_allclose(out[..., ch : ch + 1], single, atol=1e-6)
+
+
+def test_gray_brightness_and_contrast_match_torchvision_formulas():
+    gray = _images(1, 8, 8, 1)[0]
+    np.testing.assert_allclose(aug._adjust_brightness(gray, 1.3), np.clip(gray * 1.3, 0, 1), atol=1e-6)
+    mean = float(np.mean(gray))
+    np.testing.assert_allclose(aug._adjust_contrast(gray, 0.5), np.clip(mean + 0.5 * (gray - mean), 0, 1),
+                               atol=1e-6)
+
+
+def test_gaussian_blur_reference_and_invariants():
+    image = _images(1, 10, 12, 1)[0]
+    sigma = 0.8
+    out = np.asarray(aug.gaussian_blur(image, sigma))
+    # Reference: the same separable kernel (radius 1 at this size) with edge padding, in float64.
+    w = np.exp(-0.5 * (np.arange(-1, 2) / sigma) ** 2)
+    w /= w.sum()
+    x = np.asarray(image, np.float64)[..., 0]
+    rows = np.pad(x, ((1, 1), (0, 0)), mode="edge")
+    y = sum(w[i] * rows[i:i + 10] for i in range(3))
+    cols = np.pad(y, ((0, 0), (1, 1)), mode="edge")
+    ref = sum(w[i] * cols[:, i:i + 12] for i in range(3))
+    np.testing.assert_allclose(out[..., 0], ref, atol=1e-6)
+    flat = jnp.full((8, 8, 3), 0.3)
+    np.testing.assert_allclose(aug.gaussian_blur(flat, 1.5), flat, atol=1e-6)
+    # A tiny sigma puts (almost) all weight on the centre tap: the identity.
+    np.testing.assert_allclose(aug.gaussian_blur(image, 1e-3), image, atol=1e-6)
+    assert float(jnp.abs(jnp.diff(out, axis=1)).mean()) < float(jnp.abs(jnp.diff(image, axis=1)).mean())
+
+
+def test_gaussian_noise_deterministic_in_key_and_in_range():
+    image = _images(1, 8, 8, 1)[0]
+    a = aug.gaussian_noise(jax.random.key(1), image, 0.2)
+    np.testing.assert_array_equal(a, aug.gaussian_noise(jax.random.key(1), image, 0.2))
+    assert not np.allclose(a, aug.gaussian_noise(jax.random.key(2), image, 0.2))
+    assert a.shape == image.shape and float(a.min()) >= 0.0 and float(a.max()) <= 1.0
+    np.testing.assert_array_equal(aug.gaussian_noise(jax.random.key(1), image, 0.0), image)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_blur_and_noise_in_the_pipeline(channels):
+    images = _images(4, 16, 16, channels)
+    cfg = aug.AugmentConfig(crop_scale=(1.0, 1.0), flip=False, jitter_prob=0.0, grayscale_prob=0.0,
+                            blur_prob=1.0, noise_std=0.1)
+    a = _jit_batch(jax.random.key(3), images, cfg)
+    np.testing.assert_array_equal(a, _jit_batch(jax.random.key(3), images, cfg))
+    assert not np.allclose(a, _jit_batch(jax.random.key(4), images, cfg))
+    assert a.shape == images.shape and float(a.min()) >= 0.0 and float(a.max()) <= 1.0
+    # The same key draws the same crop with blur and noise off: they are what differs.
+    off = _jit_batch(jax.random.key(3), images, dataclasses.replace(cfg, blur_prob=0.0, noise_std=0.0))
+    assert not np.allclose(a, off, atol=1e-3)
+    assert float(jnp.abs(jnp.diff(off, axis=2)).mean()) != float(jnp.abs(jnp.diff(a, axis=2)).mean())
+
+
+def test_from_config_reads_every_field():
+    from mscad_jax import config as config_lib
+
+    section = config_lib.base_config().stage1.augment
+    section.crop_scale_min = 0.3
+    section.blur_prob = 0.5
+    section.noise_std = 0.05
+    cfg = aug.from_config(section)
+    assert cfg.crop_scale == (0.3, 1.0) and cfg.blur_prob == 0.5 and cfg.noise_std == 0.05
+    assert {f.name for f in dataclasses.fields(cfg)} == {
+        "crop_scale", "flip", "jitter_strength", "jitter_prob", "grayscale_prob", "blur_prob", "blur_sigma",
+        "noise_std"}
 
 
 def test_identity_crop():
@@ -143,5 +212,5 @@ def test_bad_shapes_rejected():
         aug.augment_image(jax.random.key(0), jnp.zeros((8, 8, 2)), _CFG)
     with pytest.raises(ValueError, match=r"\[N, H, W, C\]"):
         aug.augment_batch(jax.random.key(0), jnp.zeros((8, 8, 3)), _CFG)
-    with pytest.raises(ValueError, match="RGB"):
-        aug.color_jitter(jax.random.key(0), jnp.zeros((8, 8, 1)))
+    with pytest.raises(ValueError, match="gray or RGB"):
+        aug.color_jitter(jax.random.key(0), jnp.zeros((8, 8, 2)))

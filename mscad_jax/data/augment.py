@@ -6,9 +6,10 @@ and ``jax.vmap``: randomness only ever selects values (``jnp.where`` / ``lax.swi
 never shapes, so one compiled program serves every draw.
 
 The CSI pipeline is: random resized crop -> horizontal flip -> colour jitter (p=0.8)
--> random grayscale (p=0.2). Colour operations are skipped for 1-channel images; that
-choice is made statically from the shape (and ``AugmentConfig.color``), so grayscale
-datasets never pay for, nor get altered by, colour ops.
+-> random grayscale (p=0.2), then the optional Gaussian blur and Gaussian noise. A
+1-channel image gets brightness and contrast jitter but no saturation, hue or grayscale
+ops; that choice is made statically from the shape, so grayscale datasets never pay for
+colour-only ops.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ __all__ = [
     "augment_batch",
     "augment_image",
     "color_jitter",
+    "from_config",
+    "gaussian_blur",
+    "gaussian_noise",
     "hsv_to_rgb",
     "random_flip",
     "random_grayscale",
@@ -46,9 +50,12 @@ class AugmentConfig:
       crop_scale: range of the crop area as a fraction of the image area.
       flip: whether to apply a random horizontal flip (p = 0.5).
       jitter_strength: (brightness, contrast, saturation, hue) strengths.
-      jitter_prob: probability of applying colour jitter.
-      grayscale_prob: probability of converting to grayscale.
-      color: if False, colour jitter and grayscale are skipped even for RGB images.
+      jitter_prob: probability of applying colour jitter (brightness and contrast only
+        on 1-channel images).
+      grayscale_prob: probability of converting to grayscale (RGB only).
+      blur_prob: probability of a Gaussian blur with sigma drawn from `blur_sigma` (in
+        pixels); the kernel radius is 5% of the shorter side, at least 1 pixel.
+      noise_std: additive Gaussian noise whose std is drawn from U[0, noise_std]; 0 = off.
     """
 
     crop_scale: tuple[float, float] = (0.08, 1.0)
@@ -56,7 +63,18 @@ class AugmentConfig:
     jitter_strength: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)
     jitter_prob: float = 0.8
     grayscale_prob: float = 0.2
-    color: bool = True
+    blur_prob: float = 0.0
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    noise_std: float = 0.0
+
+
+def from_config(section) -> AugmentConfig:
+    """The settings of a config's `augment` section (see `mscad_jax.config`)."""
+    return AugmentConfig(
+        crop_scale=(float(section.crop_scale_min), 1.0), flip=bool(section.flip),
+        jitter_strength=tuple(float(v) for v in section.jitter_strength), jitter_prob=float(section.jitter_prob),
+        grayscale_prob=float(section.grayscale_prob), blur_prob=float(section.blur_prob),
+        blur_sigma=tuple(float(v) for v in section.blur_sigma), noise_std=float(section.noise_std))
 
 
 def _check_image(image: jax.Array) -> None:
@@ -175,7 +193,7 @@ def _adjust_brightness(image: jax.Array, factor: jax.Array) -> jax.Array:
 
 def _adjust_contrast(image: jax.Array, factor: jax.Array) -> jax.Array:
     # torchvision blends with the mean *grayscale* level, not the per-channel mean.
-    mean = jnp.mean(rgb_to_grayscale(image))
+    mean = jnp.mean(image if image.shape[-1] == 1 else rgb_to_grayscale(image))
     return jnp.clip(mean + factor * (image - mean), 0.0, 1.0)
 
 
@@ -199,7 +217,9 @@ def color_jitter(
     hue: float = 0.1,
     random_order: bool = True,
 ) -> jax.Array:
-    """torchvision-style ``ColorJitter`` on an RGB image (always applied; see p below).
+    """torchvision-style ``ColorJitter`` (always applied; the pipeline draws whether to).
+
+    On a 1-channel image only brightness and contrast apply (the others are colour-only).
 
     Factors are drawn as in torchvision: brightness / contrast / saturation factors are
     ``U[max(0, 1 - s), 1 + s]`` and the hue shift is ``U[-hue, hue]`` (fraction of a turn).
@@ -209,7 +229,9 @@ def color_jitter(
     uses the fixed order brightness, contrast, saturation, hue. The result is clipped to
     [0, 1] after every op, like torchvision.
     """
-    _check_rgb(image, "color_jitter")
+    _check_image(image)
+    if image.shape[-1] not in (1, 3):
+        raise ValueError(f"color_jitter needs a gray or RGB image [H, W, 1 or 3], got shape {image.shape}")
     k_b, k_c, k_s, k_h, k_perm = jax.random.split(key, 5)
 
     def factor(k: jax.Array, strength: float) -> jax.Array:
@@ -222,9 +244,9 @@ def color_jitter(
     ops: list[Callable[[jax.Array], jax.Array]] = [
         lambda x: _adjust_brightness(x, b),
         lambda x: _adjust_contrast(x, c),
-        lambda x: _adjust_saturation(x, s),
-        lambda x: _adjust_hue(x, h),
     ]
+    if image.shape[-1] == 3:
+        ops += [lambda x: _adjust_saturation(x, s), lambda x: _adjust_hue(x, h)]
 
     out = image
     if random_order:
@@ -250,31 +272,63 @@ def random_grayscale(key: jax.Array, image: jax.Array, p: float = 0.2) -> jax.Ar
     return jnp.where(jax.random.bernoulli(key, p), gray, image)
 
 
+def gaussian_blur(image: jax.Array, sigma: jax.Array | float) -> jax.Array:
+    """Separable Gaussian blur with std `sigma` pixels and edge padding.
+
+    The kernel radius is static (5% of the shorter side, at least 1), so a traced
+    `sigma` keeps one compiled program.
+    """
+    _check_image(image)
+    h, w, _ = image.shape
+    radius = max(1, int(0.05 * min(h, w)))
+    offsets = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
+    weights = jnp.exp(-0.5 * (offsets / jnp.maximum(sigma, 1e-3)) ** 2)
+    weights = weights / weights.sum()
+    taps = range(2 * radius + 1)
+    rows = jnp.pad(image, ((radius, radius), (0, 0), (0, 0)), mode="edge")
+    out = sum(weights[i] * rows[i:i + h] for i in taps)
+    cols = jnp.pad(out, ((0, 0), (radius, radius), (0, 0)), mode="edge")
+    return sum(weights[i] * cols[:, i:i + w] for i in taps).astype(image.dtype)
+
+
+def gaussian_noise(key: jax.Array, image: jax.Array, max_std: float) -> jax.Array:
+    """Adds N(0, s^2) noise per pixel, with s ~ U[0, max_std] per image; clipped to [0, 1]."""
+    k_std, k_noise = jax.random.split(key)
+    std = jax.random.uniform(k_std, (), maxval=max_std)
+    return jnp.clip(image + std * jax.random.normal(k_noise, image.shape, image.dtype), 0.0, 1.0)
+
+
 # ----------------------------------------------------------------------------- pipeline
 
 
 def augment_image(key: jax.Array, image: jax.Array, cfg: AugmentConfig) -> jax.Array:
-    """CSI / SimCLR augmentation of one ``[H, W, C]`` image: crop, flip, jitter, grayscale.
+    """CSI / SimCLR augmentation of one ``[H, W, C]`` image: crop, flip, jitter, grayscale,
+    then blur and noise when configured.
 
-    Colour ops run only when ``C == 3`` and ``cfg.color``; this is decided statically, so a
-    grayscale image comes back with 1 channel and untouched colours.
+    Saturation, hue and grayscale run only when ``C == 3``; this is decided statically, so
+    a grayscale image comes back with 1 channel, jittered in brightness and contrast only.
+    Ops whose probability or strength is 0 are left out of the program.
     """
     _check_image(image)
     channels = image.shape[-1]
     if channels not in (1, 3):
         raise ValueError(f"expected 1 or 3 channels, got image shape {image.shape}")
-    k_crop, k_flip, k_jit_apply, k_jit, k_gray = jax.random.split(key, 5)
+    k_crop, k_flip, k_jit_apply, k_jit, k_gray, k_blur_apply, k_blur, k_noise = jax.random.split(key, 8)
 
     out = random_resized_crop(k_crop, image, scale=cfg.crop_scale)
     if cfg.flip:
         out = random_flip(k_flip, out)
-    if cfg.color and channels == 3:
-        if cfg.jitter_prob > 0:
-            b, c, s, h = cfg.jitter_strength
-            jittered = color_jitter(k_jit, out, b, c, s, h)
-            out = jnp.where(jax.random.bernoulli(k_jit_apply, cfg.jitter_prob), jittered, out)
-        if cfg.grayscale_prob > 0:
-            out = random_grayscale(k_gray, out, cfg.grayscale_prob)
+    if cfg.jitter_prob > 0 and any(cfg.jitter_strength):
+        b, c, s, h = cfg.jitter_strength
+        jittered = color_jitter(k_jit, out, b, c, s, h)
+        out = jnp.where(jax.random.bernoulli(k_jit_apply, cfg.jitter_prob), jittered, out)
+    if channels == 3 and cfg.grayscale_prob > 0:
+        out = random_grayscale(k_gray, out, cfg.grayscale_prob)
+    if cfg.blur_prob > 0:
+        sigma = jax.random.uniform(k_blur, (), minval=cfg.blur_sigma[0], maxval=cfg.blur_sigma[1])
+        out = jnp.where(jax.random.bernoulli(k_blur_apply, cfg.blur_prob), gaussian_blur(out, sigma), out)
+    if cfg.noise_std > 0:
+        out = gaussian_noise(k_noise, out, cfg.noise_std)
     return jnp.clip(out, 0.0, 1.0).astype(image.dtype)
 
 

@@ -70,6 +70,7 @@ def base_config() -> ml_collections.ConfigDict:
     # normalized is the default because it measured better: Fashion-MNIST class 0, cpu config,
     # AUROC 78.4 vs 70.5 and A0 AUROC 68.7 vs 36.9 (raw F - R is dominated by feature norms).
     c.model.dtype = "float32"  # Compute dtype: float32 | bfloat16 (params stay float32).
+    c.model.rotation_head = False  # 4-way rotation classifier on the deepest scale (CSI); trained when stage1.rotations.
 
     # ---- stage 1: memory-augmented contrastive learning ----------------------------
     c.stage1 = ml_collections.ConfigDict()
@@ -81,15 +82,24 @@ def base_config() -> ml_collections.ConfigDict:
     c.stage1.momentum = 0.9  # LARS momentum.
     c.stage1.temperature = 0.5  # NT-Xent temperature tau.
     c.stage1.scale_weights = ()  # lambda_s per configured scale; () = all 1.
+    c.stage1.memory_weight = 1.0  # Memory-augmented NT-Xent (u of one view vs the memory's v of the other); the paper's term.
+    c.stage1.instance_weight = 0.0  # Plain NT-Xent between the two views' u (SimCLR), beside the memory term.
+    c.stage1.reconstruction_weight = 0.0  # mean ||D_s||^2 of normal images with F_s held fixed: the memory learns to reconstruct F_s.
+    c.stage1.rotations = False  # CSI shifted instances: images also enter rotated by 90/180/270 as other instances (batch x4).
+    c.stage1.rotation_weight = 1.0  # Cross-entropy weight of the rotation head (model.rotation_head; needs rotations).
     c.stage1.variance_weight = 1.0  # mu, weight of the memory variance hinge.
+    c.stage1.labelled_anomalies = True  # unbalanced: labelled anomalies enter stage 1 (negatives + repulsion); False: stage 2 only.
     c.stage1.repulsion_weight = 1.0  # Weight of the labelled-anomaly repulsion term.
     c.stage1.repulsion_margin = 0.0  # Cosine margin of the repulsion term.
     c.stage1.augment = ml_collections.ConfigDict()
     c.stage1.augment.crop_scale_min = 0.08  # Random resized crop area range [min, 1].
     c.stage1.augment.flip = True  # Horizontal flips.
     c.stage1.augment.jitter_strength = (0.4, 0.4, 0.4, 0.1)  # Brightness, contrast, saturation, hue.
-    c.stage1.augment.jitter_prob = 0.8  # Probability of colour jitter (RGB only).
+    c.stage1.augment.jitter_prob = 0.8  # Probability of jitter (gray images: brightness and contrast only).
     c.stage1.augment.grayscale_prob = 0.2  # Probability of grayscale (RGB only).
+    c.stage1.augment.blur_prob = 0.0  # Probability of a Gaussian blur, sigma ~ U[blur_sigma] pixels.
+    c.stage1.augment.blur_sigma = (0.1, 2.0)  # Blur sigma range in pixels.
+    c.stage1.augment.noise_std = 0.0  # Additive Gaussian noise, std ~ U[0, noise_std]; 0 = off.
 
     # ---- stage 2: deviation-map detectors -----------------------------------------
     c.stage2 = ml_collections.ConfigDict()
@@ -99,6 +109,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.stage2.weight_decay = 1e-6  # Decoupled weight decay (AdamW).
     c.stage2.hidden = 64  # Channels of the detector's convolutions.
     c.stage2.embed_dim = 32  # Detector output size.
+    c.stage2.pooling = "mean"  # mean (global average pooling, DESIGN) | flatten (keeps every position).
     c.stage2.eta = 1.0  # Deep SAD weight of labelled anomalies.
     c.stage2.center_eps = 0.1  # Centre coordinates are pushed away from 0 by at least this.
     c.stage2.augment = False  # Apply the stage-1 augmentations to stage-2 inputs.
@@ -107,6 +118,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 512  # Global batch for scoring.
     c.eval.score_weights = ()  # w_s per configured scale for the final score; () = all 1.
+    c.eval.scorer = ("detector",)  # Standardised scorers summed into the score; see mscad_jax.evaluate.SCORERS.
+    c.eval.knn_rotations = False  # knn on the pooled features of the image at all four rotations (test-time ensemble).
+    c.eval.knn_k = 5  # Neighbours of the knn scorer (cosine distance of pooled features to normal training images).
+    c.eval.pixel_floor = True  # Also report the raw-pixel 5-NN AUROC of the same split (the floor to clear).
+    c.eval.patch_knn = False  # Also compute the patch_knn scorer (PatchCore-style, per position; costs memory).
+    c.eval.patch_bank_size = 20000  # Normal training patches per scale in the patch_knn bank (seeded draw).
     c.eval.linear_eval = False  # Linear probe on frozen pooled features of the full dataset.
     c.eval.linear_eval_max_examples = 20000  # Cap on linear-probe training images.
     c.eval.plots = True  # ROC, histograms, top anomalies with heatmaps.
@@ -201,6 +218,12 @@ def num_classes(config: ml_collections.ConfigDict) -> int:
     return fine
 
 
+def scorer_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """The scorers of `eval.scorer`; 'knn+rotation' and ('knn', 'rotation') are the same
+    (a `--config.eval.scorer=knn+rotation` flag arrives as one string)."""
+    return tuple(name for entry in config.eval.scorer for name in str(entry).split("+") if name)
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
     """Raises ConfigError for the first field that cannot work.
 
@@ -251,6 +274,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         _fail("model.depth", m.depth, "allowed: 10, 18, 34, 50")
     if m.deviation not in ("difference", "normalized"):
         _fail("model.deviation", m.deviation, "allowed: difference, normalized")
+    from mscad_jax.models.detector import POOLINGS
+
+    if config.stage2.pooling not in POOLINGS:
+        _fail("stage2.pooling", config.stage2.pooling, f"allowed: {', '.join(POOLINGS)}")
     if m.dtype not in ("float32", "bfloat16"):
         _fail("model.dtype", m.dtype, "allowed: float32, bfloat16")
     for field in ("width", "num_slots", "proj_dim", "key_dim"):
@@ -260,6 +287,22 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         _fail("model.beta", m.beta, "must be positive")
     if config.image_size < 8:
         _fail("image_size", config.image_size, "must be at least 8")
+
+    from mscad_jax.evaluate import SCORERS  # the registry that computes them; imported late: it pulls in JAX
+
+    scorers = scorer_names(config)
+    if not scorers or len(set(scorers)) != len(scorers) or not set(scorers) <= set(SCORERS):
+        _fail("eval.scorer", scorers, f"distinct names from {', '.join(SCORERS)}, joined with '+'")
+    if "rotation" in scorers and not m.rotation_head:
+        _fail("eval.scorer", scorers, "the rotation scorer needs model.rotation_head=True")
+    if "patch_knn" in scorers and not config.eval.patch_knn:
+        _fail("eval.scorer", scorers, "the patch_knn scorer needs eval.patch_knn=True")
+    if "patch_memory" in scorers and m.projected_memory:
+        _fail("eval.scorer", scorers, "patch_memory compares features with slots: not with model.projected_memory")
+    if m.rotation_head and not config.stage1.rotations:
+        _fail("model.rotation_head", m.rotation_head, "the head is trained on rotated copies: set stage1.rotations=True")
+    if config.eval.knn_k < 1:
+        _fail("eval.knn_k", config.eval.knn_k, "must be a positive integer")
 
     for weights_field in ("stage1.scale_weights", "eval.score_weights"):
         section, name = weights_field.split(".")

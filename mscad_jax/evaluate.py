@@ -1,9 +1,14 @@
 """Scores for the test split -> metrics (the results dict), TensorBoard scalars and plots.
 
-The final score is A(x) = sum_s w_s (a_s(x) - mu_s) / sigma_s with mu_s, sigma_s
-measured on the normal training data; the training-free score A0 is combined the same
-way from A0_s. Localisation maps are sum_s w_s ||D_s[h, w]||^2 / mu(A0_s), so that
-each scale contributes on a comparable footing.
+Four scorers, each reported on its own whatever the config picks:
+- detector: A(x) = sum_s w_s (a_s(x) - mu_s) / sigma_s, the stage-2 distances;
+- a0: the training-free sum_s w_s standardised mean_hw ||D_s||^2;
+- knn: the same fusion of k-NN cosine distances of GAP(F_s) to the normal training set;
+- rotation: the rotation head's negative log-likelihood over the four rotations.
+mu_s, sigma_s are measured on normal training data (leave-one-out for k-NN). The final
+score sums the standardised scores of the scorers named in `eval.scorer`.
+Localisation maps are sum_s w_s ||D_s[h, w]||^2 / mu(A0_s), so that each scale
+contributes on a comparable footing.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from absl import logging
 from jax.sharding import Mesh
 
 from mscad_jax import config as config_lib
-from mscad_jax import metrics, parallel, plots
+from mscad_jax import knn, metrics, parallel, plots
 from mscad_jax.data import input_pipeline, protocols, sources
 
 # Normal training images used to measure mu_s, sigma_s (a seeded subset when larger).
@@ -37,9 +42,59 @@ def score_images(score_fn: Callable, args: tuple, images: np.ndarray, batch_size
     return {k: np.concatenate(v) for k, v in chunks.items()}
 
 
+# Scorer name (config `eval.scorer`) -> prefix of its per-scale score keys; None: one key.
+SCORERS: dict[str, str | None] = {"detector": "a", "a0": "a0", "knn": "knn", "rotation": None,
+                                  "patch_memory": "patch_memory", "patch_knn": "patch_knn"}
+
+
 def normal_statistics(scores: dict[str, np.ndarray]) -> dict[str, tuple[float, float]]:
     """(mean, std) of every scalar score on normal training data."""
-    return {k: (float(v.mean()), float(v.std())) for k, v in scores.items() if not k.startswith("map/")}
+    return {k: (float(v.mean()), float(v.std())) for k, v in scores.items()
+            if not k.startswith(("map/", "feature/", "patches/"))}
+
+
+def add_knn_scores(train: dict[str, np.ndarray], test: dict[str, np.ndarray], names: list[str], k: int) -> None:
+    """Adds 'knn/<scale>': mean cosine distance of GAP(F_s) to the k nearest normal
+    training images (each training image leaves itself out)."""
+    for n in names:
+        bank = train[f"feature/{n}"]
+        train[f"knn/{n}"] = knn.knn_distance(bank, None, k)
+        test[f"knn/{n}"] = knn.knn_distance(bank, test[f"feature/{n}"], k)
+
+
+def add_patch_knn_scores(train: dict[str, np.ndarray], test: dict[str, np.ndarray], names: list[str],
+                         bank_size: int, seed: int) -> dict[str, np.ndarray]:
+    """Adds 'patch_knn/<scale>': the largest, over positions, cosine distance of F_s[h, w]
+    to its nearest patch in a bank of normal training patches (PatchCore's score with a
+    random bank). The bank comes from half of the training images; the other half gives
+    the normal statistics, so no image is scored against its own patches. Returns the
+    training scores of that held-out half."""
+    order = np.random.default_rng([seed, 9]).permutation(len(train[f"patches/{names[0]}"]))
+    bank_half, stats_half = order[: len(order) // 2], order[len(order) // 2:]
+    held_out = {}
+    for n in names:
+        patches = train.pop(f"patches/{n}")
+        queries = test.pop(f"patches/{n}")
+        channels = patches.shape[-1]
+        bank = patches[bank_half].reshape(-1, channels)
+        bank = bank[np.random.default_rng([seed, 10]).choice(len(bank), min(bank_size, len(bank)), replace=False)]
+        worst = lambda x: knn.knn_distance(bank, x.reshape(-1, channels), 1).reshape(len(x), -1).max(axis=1)  # noqa: E731
+        test[f"patch_knn/{n}"] = worst(queries)
+        held_out[f"patch_knn/{n}"] = worst(patches[stats_half])
+    return held_out
+
+
+def scorer_scores(scores: dict[str, np.ndarray], stats: dict[str, tuple[float, float]], names: list[str],
+                  weights: tuple[float, ...]) -> dict[str, np.ndarray]:
+    """Each available scorer's image score, its scales fused with the normal statistics."""
+    out = {}
+    for scorer, prefix in SCORERS.items():
+        if prefix is None:
+            if scorer in scores:
+                out[scorer] = scores[scorer]
+        elif f"{prefix}/{names[0]}" in scores:
+            out[scorer] = combine(scores, stats, prefix, names, weights)
+    return out
 
 
 def combine(scores: dict[str, np.ndarray], stats: dict[str, tuple[float, float]], kind: str,
@@ -65,26 +120,49 @@ def evaluate(config: ml_collections.ConfigDict, data: protocols.ProtocolData, sc
     if len(normal_train) > MAX_STATS_EXAMPLES:
         pick = np.random.default_rng([config.seed, 7]).choice(len(normal_train), MAX_STATS_EXAMPLES, replace=False)
         normal_train = normal_train[np.sort(pick)]
-    train_scores = score_images(score_fn, score_args, normal_train, config.eval.batch_size, mesh, keep_maps=False)
-    stats = normal_statistics(train_scores)
+    train = score_images(score_fn, score_args, normal_train, config.eval.batch_size, mesh, keep_maps=False)
     test = score_images(score_fn, score_args, data.test_images, config.eval.batch_size, mesh)
+    add_knn_scores(train, test, names, config.eval.knn_k)
+    stats = normal_statistics(train)
+    if config.eval.patch_knn:
+        held_out = add_patch_knn_scores(train, test, names, config.eval.patch_bank_size, config.seed)
+        stats |= normal_statistics(held_out)
+        train |= held_out  # the scorer-level statistics come from the held-out half too
     labels = data.test_labels
-    has_detector = any(k.startswith("a/") for k in test)
 
-    a0 = combine(test, stats, "a0", names, weights)
-    final = combine(test, stats, "a", names, weights) if has_detector else a0
+    train_by_scorer = scorer_scores(train, stats, names, weights)
+    test_by_scorer = scorer_scores(test, stats, names, weights)
+    chosen = config_lib.scorer_names(config)
+    missing = [s for s in chosen if s not in test_by_scorer]
+    if missing:
+        raise ValueError(f"eval.scorer names {missing}, which this model does not produce "
+                         f"(available: {', '.join(test_by_scorer)})")
+    # Scorers are standardised once more so that each weighs the same in the sum.
+    final = sum(metrics.standardize(test_by_scorer[s], train_by_scorer[s].mean(), train_by_scorer[s].std())
+                for s in chosen)
     maps = localisation_maps(test, stats, names, weights)
     image = metrics.image_metrics(final, labels)
+    auroc_of = lambda s: metrics.image_metrics(test_by_scorer[s], labels)["auroc"] if s in test_by_scorer else None  # noqa: E731
+    per_scale = lambda prefix: metrics.per_scale_auroc({n: test[f"{prefix}/{n}"] for n in names}, labels) \
+        if f"{prefix}/{names[0]}" in test else None  # noqa: E731
     results: dict[str, Any] = {
         "dataset": config.dataset,
         "protocol": config.protocol,
         "anomaly_type": config.anomaly_type,
         "normal_class": None if config.protocol == "ood" else config.normal_class,
+        "scorer": "+".join(chosen),
         **image,
-        "auroc_per_scale": metrics.per_scale_auroc({n: test[f"a/{n}"] for n in names}, labels)
-        if has_detector else None,
-        "auroc_training_free": metrics.image_metrics(a0, labels)["auroc"],
-        "auroc_training_free_per_scale": metrics.per_scale_auroc({n: test[f"a0/{n}"] for n in names}, labels),
+        "auroc_detector": auroc_of("detector"),
+        "auroc_per_scale": per_scale("a"),
+        "auroc_training_free": auroc_of("a0"),
+        "auroc_training_free_per_scale": per_scale("a0"),
+        "auroc_knn": auroc_of("knn"),
+        "auroc_knn_per_scale": per_scale("knn"),
+        "auroc_rotation": auroc_of("rotation"),
+        "auroc_patch_memory": auroc_of("patch_memory"),
+        "auroc_patch_knn": auroc_of("patch_knn"),
+        "auroc_pixel_knn_floor": knn.pixel_floor_auroc(normal_train, data.test_images, labels)
+        if config.eval.pixel_floor else None,
         "pixel_auroc": metrics.pixel_auroc(maps, data.test_masks),
         "num_test": int(len(labels)),
         "num_anomalies": int(labels.sum()),
@@ -101,7 +179,24 @@ def evaluate(config: ml_collections.ConfigDict, data: protocols.ProtocolData, sc
         if config.eval.plots:
             write_plots(os.path.join(workdir, "plots"), final, labels, data.test_images, maps,
                         config.eval.num_top_anomalies)
+        write_scores_csv(os.path.join(workdir, "scores.csv"), final, data, test_by_scorer, test, names)
     return results
+
+
+def write_scores_csv(path: str, final: np.ndarray, data: protocols.ProtocolData,
+                     by_scorer: dict[str, np.ndarray], per_image: dict[str, np.ndarray], names: list[str]) -> None:
+    """One row per test image: index, source class, anomaly label, final score, each
+    scorer's score and every per-scale score (written atomically)."""
+    import csv
+
+    per_scale = [f"{prefix}/{n}" for prefix in ("a", "a0", "knn") for n in names if f"{prefix}/{n}" in per_image]
+    columns = {"index": np.arange(len(final)), "class": data.test_classes, "is_anomaly": data.test_labels,
+               "score": final, **by_scorer, **{k: per_image[k] for k in per_scale}}
+    with metrics.atomic_write(path) as f:
+        out = csv.writer(f)
+        out.writerow(columns)
+        for row in zip(*columns.values()):
+            out.writerow([f"{v:.9g}" if isinstance(v, (float, np.floating)) else v for v in row])
 
 
 def _scalars(results: dict[str, Any]) -> dict[str, float]:

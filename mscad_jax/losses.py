@@ -20,6 +20,10 @@ Functions
   prevents memory collapse.
 * :func:`memory_repulsion` -- hinge pushing apart the two views of labelled
   anomalies.
+* :func:`memory_reconstruction` -- mean squared deviation map of normal rows: asks
+  the retrieved map to reconstruct the features.
+* :func:`rotation_cross_entropy` -- cross-entropy of a shifting-transformation
+  (rotation) classifier over selected rows.
 * :func:`deep_sad_loss` -- Deep SAD (semi-supervised Deep SVDD) loss over
   multiple scales, with optional per-sample weights for padded rows.
 """
@@ -35,6 +39,8 @@ __all__ = [
     "nt_xent",
     "memory_variance",
     "memory_repulsion",
+    "memory_reconstruction",
+    "rotation_cross_entropy",
     "deep_sad_loss",
 ]
 
@@ -157,6 +163,37 @@ def memory_repulsion(
     cos = jnp.sum(l2_normalize(u) * l2_normalize(v), axis=-1)  # [B]
     per_row = jax.nn.relu(cos - margin)
     return _masked_mean(per_row, jnp.asarray(mask).astype(bool).reshape(cos.shape))
+
+
+def memory_reconstruction(deviation: ArrayLike, mask: ArrayLike) -> jax.Array:
+    """Mean over masked rows of ``mean_{h,w} ||D[b, h, w]||^2``.
+
+    Args:
+      deviation: ``[B, H, W, C]`` deviation maps ``D = F - R`` (or their normalised
+        form); callers stop the gradient into ``F`` when only the memory should learn.
+      mask: bool ``[B]``, True for the rows that count (normal images).
+
+    This is the training-free score A0 of the masked rows: minimising it makes the
+    memory retrieve, at every position, a prototype close to the observed feature.
+    """
+    d = jnp.asarray(deviation)
+    per_row = jnp.mean(jnp.sum(jnp.square(d), axis=-1), axis=(1, 2))
+    return _masked_mean(per_row, jnp.asarray(mask).astype(bool).reshape(per_row.shape))
+
+
+def rotation_cross_entropy(logits: ArrayLike, labels: ArrayLike, mask: ArrayLike) -> jax.Array:
+    """Mean over masked rows of the softmax cross-entropy of integer ``labels``.
+
+    Args:
+      logits: ``[B, K]`` classifier outputs (K shifting transformations).
+      labels: int ``[B]`` index of the transformation each row shows.
+      mask: bool ``[B]``, True for the rows that count.
+    """
+    logits = jnp.asarray(logits)
+    labels = jnp.asarray(labels)
+    log_p = jax.nn.log_softmax(logits, axis=-1)
+    per_row = -jnp.take_along_axis(log_p, labels[:, None], axis=-1)[:, 0]
+    return _masked_mean(per_row, jnp.asarray(mask).astype(bool).reshape(per_row.shape))
 
 
 def deep_sad_loss(

@@ -39,22 +39,26 @@ class Stage1Hparams:
     scale_names: tuple[str, ...]
     scale_weights: tuple[float, ...]
     temperature: float
+    memory_weight: float
+    instance_weight: float
     variance_weight: float
+    reconstruction_weight: float
     repulsion_weight: float
     repulsion_margin: float
+    rotations: bool
+    rotation_weight: float
     augment: augment.AugmentConfig
 
     @classmethod
-    def from_config(cls, config: ml_collections.ConfigDict, channels: int) -> "Stage1Hparams":
+    def from_config(cls, config: ml_collections.ConfigDict) -> "Stage1Hparams":
         names = tuple(anomem.scale_names(config.model.scales))
-        a = config.stage1.augment
-        aug = augment.AugmentConfig(
-            crop_scale=(float(a.crop_scale_min), 1.0), flip=bool(a.flip),
-            jitter_strength=tuple(float(v) for v in a.jitter_strength), jitter_prob=float(a.jitter_prob),
-            grayscale_prob=float(a.grayscale_prob), color=channels == 3)
-        weights = tuple(float(w) for w in config.stage1.scale_weights) or (1.0,) * len(names)
-        return cls(names, weights, float(config.stage1.temperature), float(config.stage1.variance_weight),
-                   float(config.stage1.repulsion_weight), float(config.stage1.repulsion_margin), aug)
+        s1 = config.stage1
+        weights = tuple(float(w) for w in s1.scale_weights) or (1.0,) * len(names)
+        return cls(names, weights, float(s1.temperature), float(s1.memory_weight), float(s1.instance_weight),
+                   float(s1.variance_weight), float(s1.reconstruction_weight), float(s1.repulsion_weight),
+                   float(s1.repulsion_margin), bool(s1.rotations),
+                   float(s1.rotation_weight) if config.model.rotation_head else 0.0,
+                   augment.from_config(s1.augment))
 
 
 def decay_mask(params: Any) -> Any:
@@ -110,11 +114,19 @@ def memory_usage(attention: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def loss_and_metrics(params, batch_stats, model: anomem.AnoMem, views: jax.Array, labelled: jax.Array,
-                     hp: Stage1Hparams):
-    """L1 = sum_s lambda_s NTXent_s + mu sum_s L_var,s (+ repulsion of labelled anomalies)."""
+                     rotation: jax.Array, hp: Stage1Hparams):
+    """L1 = sum_s lambda_s (memory NT-Xent_s + instance NT-Xent_s) + mu sum_s L_var,s
+    + reconstruction + repulsion of labelled anomalies + rotation cross-entropy.
+
+    views: [2N] (first N: view 1, last N: view 2, row i of each the same instance);
+    labelled, rotation: [N]. Rotated copies (rotation > 0) are instances of their own for
+    the instance term and the rotation head, but the memory models normality: only
+    unrotated normal images are anchors of the memory terms (the rest stay negatives).
+    """
     out, new_vars = model.apply({"params": params, "batch_stats": batch_stats}, views, train=True,
-                                mutable=["batch_stats"])
+                                fixed_feature_retrieval=bool(hp.reconstruction_weight), mutable=["batch_stats"])
     normal = ~labelled
+    memory_anchor = normal & (rotation == 0)
     total = 0.0
     metrics = {}
     for name, weight in zip(hp.scale_names, hp.scale_weights):
@@ -122,18 +134,50 @@ def loss_and_metrics(params, batch_stats, model: anomem.AnoMem, views: jax.Array
         u1, u2 = jnp.split(o["u"], 2)
         m1, m2 = jnp.split(o["v"], 2)
         # Features of one view are pulled to what the memory retrieves for the other view.
-        contrastive = 0.5 * (losses.nt_xent(u1, m2, hp.temperature, normal)
-                             + losses.nt_xent(u2, m1, hp.temperature, normal))
+        contrastive = 0.5 * (losses.nt_xent(u1, m2, hp.temperature, memory_anchor)
+                             + losses.nt_xent(u2, m1, hp.temperature, memory_anchor))
+        instance = losses.nt_xent(u1, u2, hp.temperature, normal) if hp.instance_weight else 0.0
         variance = losses.memory_variance(params[f"memory_{name}"]["slots"])
+        reconstruction = 0.0
+        if hp.reconstruction_weight:
+            # F_s is held fixed (also inside the attention): the memory moves towards the
+            # features, never the features towards the memory.
+            deviation = anomem.deviation_map(jax.lax.stop_gradient(o["features"]), o["retrieved_fixed"],
+                                             model.deviation)
+            reconstruction = losses.memory_reconstruction(deviation, jnp.concatenate([memory_anchor, memory_anchor]))
         repulsion = 0.5 * (losses.memory_repulsion(u1, m1, hp.repulsion_margin, labelled)
                            + losses.memory_repulsion(u2, m2, hp.repulsion_margin, labelled))
-        total = total + weight * contrastive + hp.variance_weight * variance + hp.repulsion_weight * repulsion
+        total = (total + weight * (hp.memory_weight * contrastive + hp.instance_weight * instance)
+                 + hp.variance_weight * variance + hp.reconstruction_weight * reconstruction
+                 + hp.repulsion_weight * repulsion)
         entropy, used = memory_usage(o["attention"])
-        metrics.update({f"{name}/contrastive": contrastive, f"{name}/variance": variance,
+        metrics.update({f"{name}/contrastive": contrastive, f"{name}/instance": instance,
+                        f"{name}/variance": variance, f"{name}/reconstruction": reconstruction,
                         f"{name}/repulsion": repulsion, f"{name}/usage_entropy": entropy,
                         f"{name}/slots_used": used})
+    if hp.rotation_weight:
+        both = jnp.concatenate([normal, normal])
+        rotation_ce = losses.rotation_cross_entropy(out[anomem.ROTATION_LOGITS], jnp.concatenate([rotation, rotation]),
+                                                    both)
+        total = total + hp.rotation_weight * rotation_ce
+        metrics["rotation_ce"] = rotation_ce
     metrics["loss"] = total
     return total, (new_vars["batch_stats"], metrics)
+
+
+def shifted_views(key: jax.Array, images: jax.Array, hp: Stage1Hparams) -> tuple[jax.Array, jax.Array]:
+    """Two augmented views of every image, stacked [2N], and the rotation index [N] of each
+    instance. With `hp.rotations` every augmented view also enters rotated by 90, 180 and
+    270 degrees (N = 4B): the copies share the augmentation, so only the rotation differs."""
+    k1, k2 = jax.random.split(key)
+    num_rotations = anomem.NUM_ROTATIONS if hp.rotations else 1
+
+    def view(k):
+        x = augment.augment_batch(k, images, hp.augment)
+        return jnp.concatenate([anomem.rotate(x, r) for r in range(num_rotations)])
+
+    rotation = jnp.repeat(jnp.arange(num_rotations), images.shape[0])
+    return jnp.concatenate([view(k1), view(k2)]), rotation
 
 
 def make_train_step(model: anomem.AnoMem, tx: optax.GradientTransformation, hp: Stage1Hparams,
@@ -142,13 +186,11 @@ def make_train_step(model: anomem.AnoMem, tx: optax.GradientTransformation, hp: 
 
     def train_step(state: Stage1State, batch: dict) -> tuple[Stage1State, dict]:
         key = jax.random.fold_in(state.rng, state.step)
-        k1, k2 = jax.random.split(key)
-        images = input_pipeline.to_float(batch["image"])
-        views = jnp.concatenate([augment.augment_batch(k1, images, hp.augment),
-                                 augment.augment_batch(k2, images, hp.augment)])
+        views, rotation = shifted_views(key, input_pipeline.to_float(batch["image"]), hp)
+        labelled = jnp.tile(batch["labelled_anomaly"], len(rotation) // batch["labelled_anomaly"].shape[0])
         grad_fn = jax.value_and_grad(loss_and_metrics, has_aux=True)
-        (_, (batch_stats, metrics)), grads = grad_fn(state.params, state.batch_stats, model, views,
-                                                     batch["labelled_anomaly"], hp)
+        (_, (batch_stats, metrics)), grads = grad_fn(state.params, state.batch_stats, model, views, labelled,
+                                                     rotation, hp)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics["grad_norm"] = optax.global_norm(grads)
@@ -168,7 +210,7 @@ def train(config: ml_collections.ConfigDict, train_images: np.ndarray, labelled_
     num_steps = config.stage1.epochs * per_epoch
     tx = make_optimizer(config, per_epoch)
     image_shape = train_images.shape[1:]
-    hp = Stage1Hparams.from_config(config, image_shape[-1])
+    hp = Stage1Hparams.from_config(config)
     ckpt = checkpoint.manager(f"{workdir}/checkpoints/stage1", config.max_checkpoints_to_keep)
     state = checkpoint.restore_latest(ckpt, abstract_state(model, tx, config.seed, image_shape, mesh))
     start = 0 if state is None else int(parallel.fetch(state.step))

@@ -9,7 +9,7 @@ Deep SAD term.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import flax
 import jax
@@ -39,17 +39,13 @@ def frozen_outputs(model: anomem.AnoMem, frozen: dict, images: jax.Array) -> dic
     return jax.lax.stop_gradient(out)
 
 
-def deviation_maps(outputs: dict[str, dict[str, jax.Array]]) -> dict[str, jax.Array]:
-    return {name: o["deviation"] for name, o in outputs.items()}
-
-
-def model_scale_names(model: anomem.AnoMem) -> list[str]:
-    return anomem.scale_names(model.scales)
+def deviation_maps(outputs: dict[str, Any], names: Sequence[str]) -> dict[str, jax.Array]:
+    return {name: outputs[name]["deviation"] for name in names}
 
 
 def make_detector(config: ml_collections.ConfigDict) -> detector.MultiScaleDetector:
     return detector.MultiScaleDetector(tuple(anomem.scale_names(config.model.scales)), config.stage2.hidden,
-                                       config.stage2.embed_dim)
+                                       config.stage2.embed_dim, config.stage2.pooling)
 
 
 def distances(embeddings: dict[str, jax.Array], centers: dict[str, jax.Array], names) -> jax.Array:
@@ -71,7 +67,7 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
 def _init_params(det: detector.MultiScaleDetector, model: anomem.AnoMem, frozen: dict,
                  image_shape: tuple[int, ...], rng: jax.Array):
     sample = frozen_outputs(model, frozen, jnp.zeros((1,) + tuple(image_shape), jnp.float32))
-    return det.init(rng, deviation_maps(sample))
+    return det.init(rng, deviation_maps(sample, det.scale_names))
 
 
 def abstract_state(det, model, frozen, tx, image_shape, mesh) -> Stage2State:
@@ -87,7 +83,8 @@ def abstract_state(det, model, frozen, tx, image_shape, mesh) -> Stage2State:
 def make_embed_fn(det, model, mesh: Mesh) -> Callable:
     """Jitted (frozen, params, images uint8) -> {scale: embedding}."""
     def embed(frozen, params, images):
-        return det.apply(params, deviation_maps(frozen_outputs(model, frozen, input_pipeline.to_float(images))))
+        outputs = frozen_outputs(model, frozen, input_pipeline.to_float(images))
+        return det.apply(params, deviation_maps(outputs, det.scale_names))
 
     rep = parallel.replicated(mesh)
     return jax.jit(embed, in_shardings=(rep, rep, parallel.batch_sharded(mesh)),
@@ -118,14 +115,14 @@ def make_train_step(det, model, tx, config: ml_collections.ConfigDict, channels:
     """The jitted step (state, batch, frozen) -> (state, metrics)."""
     names = det.scale_names
     eta = float(config.stage2.eta)
-    aug = augment.AugmentConfig(crop_scale=(float(config.stage1.augment.crop_scale_min), 1.0),
-                                color=channels == 3) if config.stage2.augment else None
+    aug = augment.AugmentConfig(crop_scale=(float(config.stage1.augment.crop_scale_min), 1.0)) \
+        if config.stage2.augment else None
 
     def train_step(state: Stage2State, batch: dict, frozen: dict):
         images = input_pipeline.to_float(batch["image"])
         if aug is not None:
             images = augment.augment_batch(jax.random.fold_in(state.rng, state.step), images, aug)
-        deviations = deviation_maps(frozen_outputs(model, frozen, images))
+        deviations = deviation_maps(frozen_outputs(model, frozen, images), names)
         labelled = batch["labelled_anomaly"]
 
         def loss_fn(params):
@@ -175,24 +172,53 @@ def train(config: ml_collections.ConfigDict, model: anomem.AnoMem, frozen: dict,
     return det, state
 
 
-def make_score_fn(det: detector.MultiScaleDetector | None, model: anomem.AnoMem, mesh: Mesh) -> Callable:
-    """Jitted (frozen, params, centers, images uint8) -> per-scale scores and maps.
+def make_score_fn(det: detector.MultiScaleDetector | None, model: anomem.AnoMem, mesh: Mesh,
+                  patches: bool = False, rotated_features: bool = False) -> Callable:
+    """Jitted (frozen, params, centers, images uint8) -> per-image scores, maps and features.
 
     Returns {'a/<scale>': [B] detector distance, 'a0/<scale>': [B] training-free score
-    mean_hw ||D_s||^2, 'map/<scale>': [B, H, W] ||D_s[h, w]||^2 upsampled to the image}.
-    With `det=None` (no stage 2 yet) only the training-free 'a0' and 'map' entries.
+    mean_hw ||D_s||^2, 'map/<scale>': [B, H, W] ||D_s[h, w]||^2 upsampled to the image,
+    'feature/<scale>': [B, C_s] pooled features GAP(F_s) for the kNN scorer} and, when the
+    model has a rotation head, 'rotation': [B] sum over the four rotations r of
+    -log p(r | x rotated by r) (CSI's shifting-transformation score). Every image also
+    gets 'patch_memory/<scale>': the largest, over positions, cosine distance of F_s[h, w]
+    to its nearest memory slot; with `patches`, 'patches/<scale>' [B, H_s, W_s, C_s]
+    holds the unpooled features for patch-level nearest neighbours. With
+    `rotated_features`, 'feature/<scale>' concatenates the L2-normalised pooled features
+    of the image rotated by 0, 90, 180 and 270 degrees (a test-time ensemble for k-NN).
+    With `det=None` (no stage 2 yet) there are no 'a' entries.
     """
+    names = anomem.scale_names(model.scales)
+
     def score(frozen, params, centers, images):
         x = input_pipeline.to_float(images)
-        deviations = deviation_maps(frozen_outputs(model, frozen, x))
+        outputs = frozen_outputs(model, frozen, x)
+        deviations = deviation_maps(outputs, names)
         embeddings = None if det is None else det.apply(params, deviations)
         out = {}
-        for n in model_scale_names(model):
+        for n in names:
             energy = jnp.sum(deviations[n] ** 2, axis=-1)
             if embeddings is not None:
                 out[f"a/{n}"] = jnp.sum((embeddings[n] - centers[n]) ** 2, axis=-1)
             out[f"a0/{n}"] = energy.mean(axis=(1, 2))
             out[f"map/{n}"] = jax.image.resize(energy, (x.shape[0],) + x.shape[1:3], "bilinear")
+            out[f"feature/{n}"] = outputs[n]["features"].mean(axis=(1, 2))
+            if not model.projected_memory:  # slots live in feature space only in the cosine form
+                slots = frozen["params"][f"memory_{n}"]["slots"]
+                nearest = jnp.max(losses.l2_normalize(outputs[n]["features"]) @ losses.l2_normalize(slots).T, -1)
+                out[f"patch_memory/{n}"] = jnp.max(1.0 - nearest, axis=(1, 2))
+            if patches:
+                out[f"patches/{n}"] = outputs[n]["features"]
+        if model.rotation_head or rotated_features:
+            rotated = [outputs] + [frozen_outputs(model, frozen, anomem.rotate(x, r))
+                                   for r in range(1, anomem.NUM_ROTATIONS)]
+            if model.rotation_head:
+                out["rotation"] = -sum(jax.nn.log_softmax(o[anomem.ROTATION_LOGITS])[:, r]
+                                       for r, o in enumerate(rotated))
+            if rotated_features:
+                for n in names:
+                    out[f"feature/{n}"] = jnp.concatenate(
+                        [losses.l2_normalize(o[n]["features"].mean(axis=(1, 2))) for o in rotated], axis=-1)
         return out
 
     rep = parallel.replicated(mesh)
@@ -202,9 +228,11 @@ def make_score_fn(det: detector.MultiScaleDetector | None, model: anomem.AnoMem,
 
 def make_pooled_fn(model: anomem.AnoMem, mesh: Mesh) -> Callable:
     """Jitted (frozen, images uint8) -> {'pooled': concat_s GAP(F_s)}, for the linear probe."""
+    names = anomem.scale_names(model.scales)
+
     def pooled(frozen, images):
         out = frozen_outputs(model, frozen, input_pipeline.to_float(images))
-        return {"pooled": jnp.concatenate([o["features"].mean(axis=(1, 2)) for o in out.values()], axis=-1)}
+        return {"pooled": jnp.concatenate([out[n]["features"].mean(axis=(1, 2)) for n in names], axis=-1)}
 
     return jax.jit(pooled, in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
                    out_shardings=parallel.batch_sharded(mesh))

@@ -14,6 +14,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 from absl import logging
 from clu import metric_writers
 
@@ -31,8 +32,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mode: st
     mesh = parallel.make_mesh()
     data = protocols.build_protocol(config)
     logging.info("data: %s", data.summary())
-    for stage in ("stage1", "stage2"):
-        input_pipeline.steps_per_epoch(len(data.train_images), config[stage].batch_size)
+    # Without stage1.labelled_anomalies, stage 1 learns from the normal images alone (and is
+    # then the one-class stage 1 of the same normal class, seed and config).
+    stage1_rows = np.ones(len(data.train_images), bool) if config.stage1.labelled_anomalies \
+        else ~data.train_labelled_anomaly
+    input_pipeline.steps_per_epoch(int(stage1_rows.sum()), config.stage1.batch_size)
+    input_pipeline.steps_per_epoch(len(data.train_images), config.stage2.batch_size)
 
     # Only now, with the config and data known to work, does anything go to the workdir.
     os.makedirs(workdir, exist_ok=True)
@@ -41,13 +46,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mode: st
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
 
     restore_only = mode == "evaluate"
-    model, s1 = stage1.train(config, data.train_images, data.train_labelled_anomaly, workdir, mesh, writer,
-                             restore_only=restore_only)
+    model, s1 = stage1.train(config, data.train_images[stage1_rows], data.train_labelled_anomaly[stage1_rows],
+                             workdir, mesh, writer, restore_only=restore_only)
     frozen = {"params": s1.params, "batch_stats": s1.batch_stats}
     det, s2 = stage2.train(config, model, frozen, data.train_images, data.train_labelled_anomaly, workdir, mesh,
                            writer, restore_only=restore_only)
     results = evaluate.evaluate(
-        config, data, stage2.make_score_fn(det, model, mesh), (frozen, s2.params, s2.centers),
+        config, data, stage2.make_score_fn(det, model, mesh, config.eval.patch_knn, config.eval.knn_rotations), (frozen, s2.params, s2.centers),
         anomem.scale_names(config.model.scales), workdir, mesh, writer,
         pooled_fn=stage2.make_pooled_fn(model, mesh), pooled_args=(frozen,))
     results["wall_time_s"] = time.time() - start

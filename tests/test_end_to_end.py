@@ -12,8 +12,9 @@ from mscad_jax import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-REQUIRED_KEYS = ("dataset", "protocol", "normal_class", "auroc", "aupr", "fpr95", "auroc_per_scale",
-                 "auroc_training_free", "pixel_auroc", "num_test", "num_anomalies")
+REQUIRED_KEYS = ("dataset", "protocol", "normal_class", "scorer", "auroc", "aupr", "fpr95", "auroc_detector",
+                 "auroc_per_scale", "auroc_training_free", "auroc_knn", "auroc_knn_per_scale",
+                 "auroc_pixel_knn_floor", "pixel_auroc", "num_test", "num_anomalies")
 
 
 def _check_results(workdir, expect_pixel_auroc=False):
@@ -21,9 +22,14 @@ def _check_results(workdir, expect_pixel_auroc=False):
         results = json.load(f)
     for key in REQUIRED_KEYS:
         assert key in results, key
-    for key in ("auroc", "aupr", "fpr95", "auroc_training_free"):
+    for key in ("auroc", "aupr", "fpr95", "auroc_training_free", "auroc_detector", "auroc_knn",
+                "auroc_pixel_knn_floor"):
         assert 0.0 <= results[key] <= 1.0, (key, results[key])
     assert set(results["auroc_per_scale"]) == {"scale2", "scale3", "scale4"}
+    assert set(results["auroc_knn_per_scale"]) == {"scale2", "scale3", "scale4"}
+    with open(os.path.join(workdir, "scores.csv")) as f:
+        header, *rows = f.read().splitlines()
+    assert header.startswith("index,class,is_anomaly,score,detector,a0,knn") and len(rows) == results["num_test"]
     assert all(0.0 <= v <= 1.0 for v in results["auroc_per_scale"].values())
     assert 0 < results["num_anomalies"] < results["num_test"]
     if expect_pixel_auroc:
@@ -46,10 +52,40 @@ def test_one_class_job_then_evaluate_mode(tiny_config, tmp_path):
     assert saved["normal_class"] == 1 and saved["dataset"] == "digits"
     assert json.load(open(os.path.join(workdir, "config.json")))["normal_class"] == 1
     steps = sorted(os.listdir(os.path.join(workdir, "checkpoints", "stage1")))
-    # Evaluation alone gives the same numbers from the checkpoints and trains nothing.
+    # Evaluation alone reproduces the whole results.json from the checkpoints and trains nothing.
     again = train.train_and_evaluate(config, workdir, mode="evaluate")
-    assert again["auroc"] == pytest.approx(results["auroc"], abs=1e-6)
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints", "stage1"))) == steps
+    assert again.keys() == results.keys()
+    for key in results:
+        if key != "wall_time_s":
+            _assert_close(again[key], results[key], key)
+
+
+def _assert_close(got, want, key):
+    if isinstance(want, dict):
+        assert got.keys() == want.keys(), key
+        for k in want:
+            _assert_close(got[k], want[k], f"{key}.{k}")
+    elif isinstance(want, float):
+        assert got == pytest.approx(want, rel=1e-5, abs=1e-6), key
+    else:
+        assert got == want, key
+
+
+def test_a_small_seeded_job_clears_a_stated_auroc(tiny_config, tmp_path):
+    """A quality regression test: a negated or broken score cannot pass. Digits, normal
+    class 0, rotations and the rotation head, 16x16 images, width 8: every scorer that
+    the job reports must separate the digits well above chance."""
+    config = tiny_config(**{"dataset": "digits", "normal_class": 0, "image_size": 16, "model.width": 8,
+                            "stage1.epochs": 4, "stage1.batch_size": 32, "stage1.rotations": True,
+                            "model.rotation_head": True, "stage1.instance_weight": 1.0,
+                            "stage1.reconstruction_weight": 1.0, "stage2.epochs": 4, "stage2.batch_size": 32,
+                            "eval.scorer": ("knn", "rotation"), "eval.plots": False})
+    results = train.train_and_evaluate(config, str(tmp_path / "run"))
+    assert results["auroc"] >= 0.95
+    assert results["auroc_knn"] >= 0.95
+    assert results["auroc_pixel_knn_floor"] >= 0.99
+    assert results["auroc_detector"] >= 0.7 and results["auroc_training_free"] >= 0.6
 
 
 def test_evaluate_mode_without_checkpoints_fails_clearly(tiny_config, tmp_path):

@@ -388,6 +388,61 @@ def test_deep_sad_all_zero_weights_is_zero():
 
 
 # ----------------------------------------------------------------------------
+# memory_reconstruction, rotation_cross_entropy
+# ----------------------------------------------------------------------------
+
+
+def ref_memory_reconstruction(deviation, mask):
+    terms = []
+    for i in range(deviation.shape[0]):
+        if mask[i]:
+            d = np.asarray(deviation[i], np.float64)
+            terms.append(np.mean([[np.dot(d[h, w], d[h, w]) for w in range(d.shape[1])] for h in range(d.shape[0])]))
+    return float(np.mean(terms)) if terms else 0.0
+
+
+def ref_rotation_cross_entropy(logits, labels, mask):
+    terms = []
+    for i in range(logits.shape[0]):
+        if mask[i]:
+            row = np.asarray(logits[i], np.float64)
+            terms.append(-(row[labels[i]] - np.log(np.sum(np.exp(row)))))
+    return float(np.mean(terms)) if terms else 0.0
+
+
+@pytest.mark.parametrize("mask", [[True, True, True, True], [True, False, False, True]])
+def test_memory_reconstruction_matches_reference(x64, mask):
+    d = np.random.default_rng(20).normal(size=(4, 3, 2, 5))
+    got = losses.memory_reconstruction(jnp.asarray(d), jnp.asarray(mask))
+    assert _rel_err(got, ref_memory_reconstruction(d, mask)) < RTOL
+
+
+def test_memory_reconstruction_empty_mask_is_zero_and_gradient_finite():
+    d = jnp.ones((2, 2, 2, 3))
+    mask = jnp.zeros(2, bool)
+    assert float(losses.memory_reconstruction(d, mask)) == 0.0
+    g = jax.grad(lambda x: losses.memory_reconstruction(x, mask))(d)
+    assert np.all(np.isfinite(np.asarray(g))) and float(jnp.abs(g).max()) == 0.0
+
+
+@pytest.mark.parametrize("mask", [[True] * 5, [False, True, True, False, True]])
+def test_rotation_cross_entropy_matches_reference(x64, mask):
+    rng = np.random.default_rng(21)
+    logits = rng.normal(size=(5, 4)) * 3
+    labels = np.array([0, 3, 1, 2, 2])
+    got = losses.rotation_cross_entropy(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(mask))
+    assert _rel_err(got, ref_rotation_cross_entropy(logits, labels, mask)) < RTOL
+
+
+def test_rotation_cross_entropy_is_low_for_confident_correct_logits():
+    labels = jnp.array([0, 1, 2, 3])
+    confident = 20.0 * jax.nn.one_hot(labels, 4)
+    assert float(losses.rotation_cross_entropy(confident, labels, jnp.ones(4, bool))) < 1e-6
+    wrong = 20.0 * jax.nn.one_hot((labels + 1) % 4, 4)
+    assert float(losses.rotation_cross_entropy(wrong, labels, jnp.ones(4, bool))) > 19.0
+
+
+# ----------------------------------------------------------------------------
 # jit
 # ----------------------------------------------------------------------------
 
@@ -407,6 +462,8 @@ def test_all_losses_under_jit():
         (losses.memory_variance, (mem,)),
         (losses.memory_repulsion, (u, v, 0.1, mask)),
         (losses.deep_sad_loss, (d, mask, 0.5, 1e-6, w)),
+        (losses.memory_reconstruction, (u.reshape(6, 2, 2, 1), mask)),
+        (losses.rotation_cross_entropy, (u, jnp.array([0, 1, 2, 3, 0, 1]), mask)),
     ]
     for fn, args in cases:
         eager = fn(*args)

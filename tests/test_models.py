@@ -84,3 +84,28 @@ def test_detector_is_bias_free_and_maps_zero_to_zero():
     out = det.apply(variables, {k: jnp.zeros_like(v) for k, v in deviations.items()})
     assert out["scale2"].shape == (2, 5)
     np.testing.assert_array_equal(out["scale3"], 0.0)
+
+
+def test_flatten_detector_sees_where_a_deviation_is():
+    det = detector.MultiScaleDetector(("scale2",), hidden=4, embed_dim=3, pooling="flatten")
+    # Two inner positions: each has its whole 3x3 neighbourhood inside the 4x4 map.
+    left, right = np.zeros((1, 4, 4, 2), np.float32), np.zeros((1, 4, 4, 2), np.float32)
+    left[0, 1, 1], right[0, 2, 2] = 1.0, 1.0
+    variables = det.init(jax.random.key(0), {"scale2": jnp.asarray(left)})
+    out = lambda x: np.asarray(det.apply(variables, {"scale2": jnp.asarray(x)})["scale2"])  # noqa: E731
+    assert not np.allclose(out(left), out(right))  # same deviation, other place: other embedding
+    pooled = detector.MultiScaleDetector(("scale2",), hidden=4, embed_dim=3, pooling="mean")
+    v = pooled.init(jax.random.key(0), {"scale2": jnp.asarray(left)})
+    # Global average pooling cannot tell them apart: every 3x3 tap sees the deviation once.
+    np.testing.assert_allclose(pooled.apply(v, {"scale2": jnp.asarray(left)})["scale2"],
+                               pooled.apply(v, {"scale2": jnp.asarray(right)})["scale2"], atol=1e-6)
+
+
+def test_rotation_head_predicts_four_classes_from_the_deepest_scale():
+    model = anomem.AnoMem(depth=10, width=4, scales=(2, 3), num_slots=4, proj_dim=4, rotation_head=True)
+    x = jnp.asarray(np.random.default_rng(0).random((3, 8, 8, 1)), jnp.float32)
+    variables = model.init(jax.random.key(0), x, train=False)
+    out = model.apply(variables, x, train=False)
+    assert out[anomem.ROTATION_LOGITS].shape == (3, anomem.NUM_ROTATIONS)
+    assert variables["params"]["rotation_head"]["kernel"].shape == (16, anomem.NUM_ROTATIONS)  # scale 3: 4 * 2**2
+    np.testing.assert_array_equal(anomem.rotate(anomem.rotate(x, 1), 3), x)

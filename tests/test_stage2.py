@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from clu import metric_writers
 
 from mscad_jax import losses, parallel, stage1, stage2
@@ -23,14 +24,14 @@ def test_no_gradient_reaches_the_frozen_encoder_and_memories(tiny_config, random
     mesh = parallel.make_mesh(jax.devices()[:1])
     model, frozen = _frozen(config, images, mesh)
     det = stage2.make_detector(config)
-    params = det.init(jax.random.key(0), stage2.deviation_maps(
-        stage2.frozen_outputs(model, frozen, jnp.zeros((1, 8, 8, 1)))))
     names = det.scale_names
+    params = det.init(jax.random.key(0), stage2.deviation_maps(
+        stage2.frozen_outputs(model, frozen, jnp.zeros((1, 8, 8, 1))), names))
     centers = {n: jnp.full((config.stage2.embed_dim,), 0.1) for n in names}
     x = input_pipeline.to_float(images)
 
     def loss(frozen_vars, det_params):
-        deviations = stage2.deviation_maps(stage2.frozen_outputs(model, frozen_vars, x))
+        deviations = stage2.deviation_maps(stage2.frozen_outputs(model, frozen_vars, x), names)
         dist = stage2.distances(det.apply(det_params, deviations), centers, names)
         return losses.deep_sad_loss(dist, jnp.zeros(8, bool))
 
@@ -91,3 +92,40 @@ def test_unbalanced_training_separates_labelled_anomalies(tiny_config, random_im
     assert total[labelled].mean() > total[~labelled].mean()
 
 
+
+
+def test_stage2_resumes_from_its_checkpoint_like_an_uninterrupted_run(tiny_config, random_images, tmp_path,
+                                                                      monkeypatch):
+    config = tiny_config(**{"stage2.epochs": 2, "stage2.learning_rate": 1e-3})  # 4 steps, checkpoints every 2
+    images = random_images(16)
+    labelled = np.zeros(16, bool)
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    model, frozen = _frozen(config, images, mesh)
+    writer = metric_writers.create_default_writer(str(tmp_path), just_logging=True)
+    _, full = stage2.train(config, model, frozen, images, labelled, str(tmp_path / "a"), mesh, writer)
+
+    real_batches = input_pipeline.train_batches
+
+    def preempted_after_two_steps(*args, **kwargs):
+        for step, batch in real_batches(*args, **kwargs):
+            if step == 2:
+                raise KeyboardInterrupt("pre-empted")
+            yield step, batch
+
+    monkeypatch.setattr(input_pipeline, "train_batches", preempted_after_two_steps)
+    with pytest.raises(KeyboardInterrupt):
+        stage2.train(config, model, frozen, images, labelled, str(tmp_path / "b"), mesh, writer)
+    steps_run = []
+
+    def recording(*args, **kwargs):
+        for step, batch in real_batches(*args, **kwargs):
+            steps_run.append(step)
+            yield step, batch
+
+    monkeypatch.setattr(input_pipeline, "train_batches", recording)
+    _, resumed = stage2.train(config, model, frozen, images, labelled, str(tmp_path / "b"), mesh, writer)
+    assert steps_run == [2, 3]
+    for part in ("params", "opt_state", "centers"):
+        got, want = parallel.fetch(getattr(resumed, part)), parallel.fetch(getattr(full, part))
+        for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+            np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6, err_msg=part)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import ml_collections
 
@@ -38,10 +39,22 @@ def deviation_map(features: jnp.ndarray, retrieved: jnp.ndarray, kind: str) -> j
     return features - retrieved
 
 
+# Output key of the rotation head's logits (4 classes: 0, 90, 180, 270 degrees).
+ROTATION_LOGITS = "rotation_logits"
+NUM_ROTATIONS = 4
+
+
+def rotate(images: jnp.ndarray, k: int) -> jnp.ndarray:
+    """Rotates a batch [N, H, W, C] by k * 90 degrees (square images)."""
+    return jnp.rot90(images, k, axes=(1, 2))
+
+
 class AnoMem(nn.Module):
     """Returns, per scale s (keyed 'scale{s}'), the feature map F_s, the retrieved map
     R_s, the attention over slots, the deviation map D_s and, with `heads=True`, the
-    projections u = g_s(GAP(F_s)) and v = g_s(GAP(R_s))."""
+    projections u = g_s(GAP(F_s)) and v = g_s(GAP(R_s)). With `rotation_head`, also
+    `ROTATION_LOGITS`: which of the four rotations an image shows, predicted from the
+    pooled features of the deepest scale (CSI's shifting-transformation head)."""
 
     depth: int = 18
     width: int = 64
@@ -53,18 +66,25 @@ class AnoMem(nn.Module):
     proj_dim: int = 128
     deviation: str = "difference"
     dtype: Any = jnp.float32
+    rotation_head: bool = False
 
     @nn.compact
-    def __call__(self, x, train: bool, heads: bool = True) -> dict[str, dict[str, jnp.ndarray]]:
+    def __call__(self, x, train: bool, heads: bool = True,
+                 fixed_feature_retrieval: bool = False) -> dict[str, dict[str, jnp.ndarray]]:
+        """With `fixed_feature_retrieval`, each scale also holds 'retrieved_fixed': the
+        retrieval for stop_gradient(F_s), through which only the memory can learn."""
         stage_maps = ResNet(self.depth, self.width, self.dtype, name="encoder")(x, train)
         out = {}
         for s in self.scales:
             name = f"scale{s}"
             features = stage_maps[s - 1].astype(jnp.float32)
-            retrieved, attention = HopfieldMemory(self.num_slots, self.beta, self.projected_memory,
-                                                  self.key_dim, name=f"memory_{name}")(features)
+            memory = HopfieldMemory(self.num_slots, self.beta, self.projected_memory, self.key_dim,
+                                    name=f"memory_{name}")
+            retrieved, attention = memory(features)
             result = {"features": features, "retrieved": retrieved, "attention": attention,
                       "deviation": deviation_map(features, retrieved, self.deviation)}
+            if fixed_feature_retrieval:
+                result["retrieved_fixed"], _ = memory(jax.lax.stop_gradient(features))
             if heads:
                 head = ProjectionHead(features.shape[-1], self.proj_dim, name=f"head_{name}")
                 # Shared weights, but h and m go through the head in separate calls: their
@@ -73,6 +93,9 @@ class AnoMem(nn.Module):
                 result["u"] = head(features.mean(axis=(1, 2)), train)
                 result["v"] = head(retrieved.mean(axis=(1, 2)), train)
             out[name] = result
+        if self.rotation_head:
+            deepest = out[f"scale{max(self.scales)}"]["features"].mean(axis=(1, 2))
+            out[ROTATION_LOGITS] = nn.Dense(NUM_ROTATIONS, name="rotation_head")(deepest)
         return out
 
 
@@ -84,4 +107,5 @@ def from_config(model_config: ml_collections.ConfigDict) -> AnoMem:
     return AnoMem(depth=model_config.depth, width=model_config.width, scales=tuple(model_config.scales),
                   num_slots=model_config.num_slots, beta=model_config.beta,
                   projected_memory=model_config.projected_memory, key_dim=model_config.key_dim,
-                  proj_dim=model_config.proj_dim, deviation=model_config.deviation, dtype=jnp.dtype(model_config.dtype))
+                  proj_dim=model_config.proj_dim, deviation=model_config.deviation, dtype=jnp.dtype(model_config.dtype),
+                  rotation_head=model_config.rotation_head)

@@ -12,17 +12,24 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 
+# How the detector turns its last feature map into one vector: `mean` is DESIGN's global
+# average pooling; `flatten` keeps every position (a detector that sees where).
+POOLINGS = ("mean", "flatten")
+
+
 class DeviationDetector(nn.Module):
-    """1x1 conv -> ReLU -> 3x3 conv -> ReLU -> GAP -> dense, all bias-free."""
+    """1x1 conv -> ReLU -> 3x3 conv -> ReLU -> GAP (or flatten) -> dense, all bias-free."""
 
     hidden: int = 64
     embed_dim: int = 32
+    pooling: str = "mean"
 
     @nn.compact
     def __call__(self, deviation: jnp.ndarray) -> jnp.ndarray:
         x = nn.relu(nn.Conv(self.hidden, (1, 1), use_bias=False, name="conv1")(deviation))
         x = nn.relu(nn.Conv(self.hidden, (3, 3), padding="SAME", use_bias=False, name="conv2")(x))
-        return nn.Dense(self.embed_dim, use_bias=False, name="dense")(x.mean(axis=(1, 2)))
+        x = x.mean(axis=(1, 2)) if self.pooling == "mean" else x.reshape(x.shape[0], -1)
+        return nn.Dense(self.embed_dim, use_bias=False, name="dense")(x)
 
 
 class MultiScaleDetector(nn.Module):
@@ -31,8 +38,9 @@ class MultiScaleDetector(nn.Module):
     scale_names: Sequence[str]
     hidden: int = 64
     embed_dim: int = 32
+    pooling: str = "mean"
 
     @nn.compact
     def __call__(self, deviations: dict[str, jnp.ndarray]) -> dict[str, jnp.ndarray]:
-        return {s: DeviationDetector(self.hidden, self.embed_dim, name=f"detector_{s}")(deviations[s])
+        return {s: DeviationDetector(self.hidden, self.embed_dim, self.pooling, name=f"detector_{s}")(deviations[s])
                 for s in self.scale_names}

@@ -1,0 +1,139 @@
+"""Evaluation against a NumPy reference: centres, per-scale scores, normal statistics
+(labelled anomalies and padded rows excluded), k-NN, score fusion and scores.csv."""
+
+import csv
+
+import jax
+import numpy as np
+import pytest
+
+from mscad_jax import evaluate, parallel, stage1, stage2
+from mscad_jax.data import input_pipeline, protocols
+from mscad_jax.models import anomem
+
+
+def _reference_scores(model, frozen, det, params, centers, images, names):
+    """Per-image scores from one unsharded, unpadded forward pass, in float64."""
+    out = model.apply(frozen, input_pipeline.to_float(images), train=False, heads=False)
+    emb = det.apply(params, {n: out[n]["deviation"] for n in names})
+    f64 = lambda x: np.asarray(x, np.float64)  # noqa: E731
+    scores = {}
+    for n in names:
+        scores[f"a/{n}"] = np.sum((f64(emb[n]) - f64(centers[n])) ** 2, axis=-1)
+        scores[f"a0/{n}"] = np.mean(np.sum(f64(out[n]["deviation"]) ** 2, axis=-1), axis=(1, 2))
+        scores[f"feature/{n}"] = f64(out[n]["features"]).mean(axis=(1, 2))
+    return scores, {n: f64(emb[n]) for n in names}
+
+
+def _cosine_knn(bank, queries, k, leave_out_self):
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
+    distance = 1.0 - unit(queries) @ unit(bank).T
+    if leave_out_self:
+        np.fill_diagonal(distance, np.inf)
+    return np.sort(distance, axis=1)[:, :k].mean(axis=1)
+
+
+def test_scores_statistics_and_fusion_match_a_numpy_reference(tiny_config, random_images, tmp_path):
+    weights = (1.0, 0.5, 2.0)
+    config = tiny_config(**{"eval.batch_size": 4, "eval.scorer": ("detector", "a0", "knn"), "eval.knn_k": 2,
+                            "eval.plots": False, "eval.score_weights": weights, "protocol": "unbalanced"})
+    names = anomem.scale_names(config.model.scales)
+    train_images = random_images(11)
+    labelled = np.zeros(11, bool)
+    labelled[[3, 7]] = True  # 9 normal rows: the last eval batch of 4 is padded
+    test_images = random_images(10, seed=1)
+    labels = np.array([0, 1] * 5, np.int32)
+    mesh = parallel.make_mesh(jax.devices()[:2])
+    model = anomem.from_config(config.model)
+    s1 = stage1.create_state(model, stage1.make_optimizer(config, 1), 0, train_images.shape[1:], mesh)
+    frozen = {"params": s1.params, "batch_stats": s1.batch_stats}
+    det = stage2.make_detector(config)
+    state = stage2.create_state(config, det, model, frozen, stage2.make_optimizer(config), train_images, ~labelled,
+                                mesh)
+
+    # Centres: the mean initial embedding of the normal rows only, pushed away from 0.
+    _, train_emb = _reference_scores(model, frozen, det, state.params, state.centers, train_images, names)
+    for n in names:
+        want = stage2.push_from_zero(train_emb[n][~labelled].mean(axis=0), config.stage2.center_eps)
+        np.testing.assert_allclose(parallel.fetch(state.centers[n]), want, rtol=1e-5, atol=1e-6)
+
+    data = protocols.ProtocolData(train_images, labelled, test_images, labels, labels.astype(np.int64), None)
+    results = evaluate.evaluate(config, data, stage2.make_score_fn(det, model, mesh),
+                                (frozen, state.params, state.centers), names, str(tmp_path), mesh)
+
+    train, _ = _reference_scores(model, frozen, det, state.params, state.centers, train_images[~labelled], names)
+    test, _ = _reference_scores(model, frozen, det, state.params, state.centers, test_images, names)
+    for n in names:
+        bank = train[f"feature/{n}"]
+        train[f"knn/{n}"] = _cosine_knn(bank, bank, 2, leave_out_self=True)
+        test[f"knn/{n}"] = _cosine_knn(bank, test[f"feature/{n}"], 2, leave_out_self=False)
+    stats = {k: (v.mean(), v.std()) for k, v in train.items() if not k.startswith("feature/")}
+    for key, (mean, std) in stats.items():
+        assert results["score_stats"][key]["mean"] == pytest.approx(mean, rel=1e-4, abs=1e-6), key
+        assert results["score_stats"][key]["std"] == pytest.approx(std, rel=1e-3, abs=1e-6), key
+
+    def fused(scores, prefix):
+        return sum(w * (scores[f"{prefix}/{n}"] - stats[f"{prefix}/{n}"][0]) / stats[f"{prefix}/{n}"][1]
+                   for n, w in zip(names, weights))
+
+    final = 0.0
+    by_scorer = {}
+    for scorer, prefix in (("detector", "a"), ("a0", "a0"), ("knn", "knn")):
+        on_train, on_test = fused(train, prefix), fused(test, prefix)
+        by_scorer[scorer] = on_test
+        final = final + (on_test - on_train.mean()) / on_train.std()
+
+    with open(tmp_path / "scores.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["index"]) for r in rows] == list(range(10))
+    assert [int(r["is_anomaly"]) for r in rows] == labels.tolist()
+    column = lambda name: np.array([float(r[name]) for r in rows])  # noqa: E731
+    np.testing.assert_allclose(column("score"), final, rtol=1e-3, atol=1e-3)
+    for scorer, want in by_scorer.items():
+        np.testing.assert_allclose(column(scorer), want, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(column("a/scale3"), test["a/scale3"], rtol=1e-4, atol=1e-6)
+    from sklearn.metrics import roc_auc_score
+    assert results["auroc"] == pytest.approx(roc_auc_score(labels, final))
+    assert results["auroc_knn"] == pytest.approx(roc_auc_score(labels, by_scorer["knn"]))
+    assert results["scorer"] == "detector+a0+knn"
+
+
+def test_a_scorer_the_model_lacks_is_refused(tiny_config, random_images, tmp_path):
+    config = tiny_config(**{"eval.scorer": ("rotation",), "eval.plots": False})
+    names = anomem.scale_names(config.model.scales)
+    images = random_images(8)
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    model = anomem.from_config(config.model)
+    s1 = stage1.create_state(model, stage1.make_optimizer(config, 1), 0, images.shape[1:], mesh)
+    frozen = {"params": s1.params, "batch_stats": s1.batch_stats}
+    data = protocols.ProtocolData(images, np.zeros(8, bool), images, np.array([0, 1] * 4, np.int32),
+                                  np.zeros(8, np.int64), None)
+    with pytest.raises(ValueError, match="rotation"):
+        evaluate.evaluate(config, data, stage2.make_score_fn(None, model, mesh), (frozen, None, None), names,
+                          str(tmp_path), mesh)
+
+
+def test_patch_knn_scores_the_worst_position_against_held_out_training_patches():
+    rng = np.random.default_rng(0)
+    train = {"patches/scale2": rng.normal(size=(6, 2, 2, 3))}
+    test = {"patches/scale2": rng.normal(size=(4, 2, 2, 3))}
+    test["patches/scale2"][0] = train["patches/scale2"][0]  # a test image equal to a training image
+    held_out = evaluate.add_patch_knn_scores(train, test, ["scale2"], bank_size=1000, seed=0)
+    assert "patches/scale2" not in train and "patches/scale2" not in test  # the big arrays are dropped
+    order = np.random.default_rng([0, 9]).permutation(6)
+    bank_rows, stats_rows = order[:3], order[3:]
+    original = np.random.default_rng(0)
+    train_patches = original.normal(size=(6, 2, 2, 3))
+    test_patches = original.normal(size=(4, 2, 2, 3))
+    test_patches[0] = train_patches[0]
+    bank = train_patches[bank_rows].reshape(-1, 3)
+
+    def worst(x):
+        unit = lambda a: a / np.linalg.norm(a, axis=-1, keepdims=True)  # noqa: E731
+        distance = 1.0 - unit(x.reshape(-1, 3)) @ unit(bank).T
+        return distance.min(axis=1).reshape(len(x), -1).max(axis=1)
+
+    np.testing.assert_allclose(test["patch_knn/scale2"], worst(test_patches), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(held_out["patch_knn/scale2"], worst(train_patches[stats_rows]), rtol=1e-4, atol=1e-5)
+    if 0 in bank_rows:  # an image whose patches are all in the bank scores 0
+        assert test["patch_knn/scale2"][0] == pytest.approx(0.0, abs=1e-5)

@@ -23,9 +23,15 @@ def get_config(arg: str | None = None):
         c.model.width = 16
         c.model.num_slots = 64
         c.model.proj_dim = 64
-        c.stage1.batch_size = 128
-        c.stage1.epochs = 8
+        c.stage1.batch_size = 64  # x4 rotated copies x2 views = 512 encoder passes per step
+        c.stage1.epochs = 3
         c.stage1.warmup_epochs = 1
+        c.stage1.instance_weight = 1.0
+        c.stage1.reconstruction_weight = 1.0
+        c.stage1.rotations = True
+        c.model.rotation_head = True
+        c.stage1.augment.crop_scale_min = 0.5
+        c.eval.scorer = ("knn", "rotation")
         c.stage2.batch_size = 128
         c.stage2.epochs = 3
         c.stage2.learning_rate = 1e-3

@@ -35,7 +35,7 @@ def main(argv):
     model = anomem.from_config(config.model)
     tx = stage1.make_optimizer(config, 4)
     state = stage1.create_state(model, tx, config.seed, images.shape[1:], mesh)
-    step = stage1.make_train_step(model, tx, stage1.Stage1Hparams.from_config(config, _CHANNELS.value),
+    step = stage1.make_train_step(model, tx, stage1.Stage1Hparams.from_config(config),
                                   stage1.learning_rate_schedule(config, 4), mesh)
     arrays = {"image": images, "labelled_anomaly": np.zeros(len(images), bool)}
     batches = [b for _, b in input_pipeline.train_batches(arrays, batch, 0, 0, _STEPS.value + 1, mesh)]

@@ -113,6 +113,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.stage2.eta = 1.0  # Deep SAD weight of labelled anomalies.
     c.stage2.center_eps = 0.1  # Centre coordinates are pushed away from 0 by at least this.
     c.stage2.augment = False  # Apply the stage-1 augmentations to stage-2 inputs.
+    c.stage2.synthetic_anomalies = ()  # Kinds added to every batch as labelled anomalies: cutpaste, scar, rotation.
 
     # ---- evaluation -------------------------------------------------------------
     c.eval = ml_collections.ConfigDict()
@@ -276,6 +277,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         _fail("model.deviation", m.deviation, "allowed: difference, normalized")
     from mscad_jax.models.detector import POOLINGS
 
+    from mscad_jax.stage2 import SYNTHETIC_ANOMALIES
+
+    synthetic = tuple(config.stage2.synthetic_anomalies)
+    if len(set(synthetic)) != len(synthetic) or not set(synthetic) <= set(SYNTHETIC_ANOMALIES):
+        _fail("stage2.synthetic_anomalies", synthetic, f"distinct kinds from {', '.join(SYNTHETIC_ANOMALIES)}")
     if config.stage2.pooling not in POOLINGS:
         _fail("stage2.pooling", config.stage2.pooling, f"allowed: {', '.join(POOLINGS)}")
     if m.dtype not in ("float32", "bfloat16"):

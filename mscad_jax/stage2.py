@@ -20,7 +20,7 @@ import optax
 from jax.sharding import Mesh
 
 from mscad_jax import checkpoint, loop, losses, parallel
-from mscad_jax.data import augment, input_pipeline
+from mscad_jax.data import anomalies, augment, input_pipeline
 from mscad_jax.models import anomem, detector
 
 
@@ -111,19 +111,46 @@ def create_state(config, det, model, frozen, tx, train_images: np.ndarray, norma
     return jax.device_put(state, rep)
 
 
-def make_train_step(det, model, tx, config: ml_collections.ConfigDict, channels: int, mesh: Mesh):
+# Synthetic anomalies that stage 2 can add to every batch as labelled anomalies.
+SYNTHETIC_ANOMALIES = (*anomalies.LOCAL_ANOMALIES, "rotation")
+
+
+def synthetic_anomalies(key: jax.Array, images: jax.Array, kinds: Sequence[str]) -> jax.Array:
+    """One corrupted copy of every image, its kind drawn uniformly from `kinds`: a local
+    anomaly (cutpaste, scar) or a rotation by 90, 180 or 270 degrees."""
+    k_kind, k_rotation, k_local = jax.random.split(key, 3)
+    candidates = []
+    for kind in kinds:
+        if kind == "rotation":
+            rotated = jnp.stack([anomem.rotate(images, r) for r in range(1, anomem.NUM_ROTATIONS)])
+            pick = jax.random.randint(k_rotation, (images.shape[0],), 0, anomem.NUM_ROTATIONS - 1)
+            candidates.append(jnp.take_along_axis(rotated, pick[None, :, None, None, None], axis=0)[0])
+        else:
+            candidates.append(anomalies.local_anomaly_batch(jax.random.fold_in(k_local, len(candidates)), images,
+                                                            kind)[0])
+    choice = jax.random.randint(k_kind, (images.shape[0],), 0, len(candidates))
+    return jnp.take_along_axis(jnp.stack(candidates), choice[None, :, None, None, None], axis=0)[0]
+
+
+def make_train_step(det, model, tx, config: ml_collections.ConfigDict, mesh: Mesh):
     """The jitted step (state, batch, frozen) -> (state, metrics)."""
     names = det.scale_names
     eta = float(config.stage2.eta)
     aug = augment.AugmentConfig(crop_scale=(float(config.stage1.augment.crop_scale_min), 1.0)) \
         if config.stage2.augment else None
+    synthetic = tuple(config.stage2.synthetic_anomalies)
 
     def train_step(state: Stage2State, batch: dict, frozen: dict):
         images = input_pipeline.to_float(batch["image"])
+        key = jax.random.fold_in(state.rng, state.step)
         if aug is not None:
-            images = augment.augment_batch(jax.random.fold_in(state.rng, state.step), images, aug)
-        deviations = deviation_maps(frozen_outputs(model, frozen, images), names)
+            images = augment.augment_batch(key, images, aug)
         labelled = batch["labelled_anomaly"]
+        if synthetic:
+            # Every image also enters corrupted, as a labelled anomaly (Deep SAD's second term).
+            images = jnp.concatenate([images, synthetic_anomalies(jax.random.fold_in(key, 1), images, synthetic)])
+            labelled = jnp.concatenate([labelled, jnp.ones_like(labelled)])
+        deviations = deviation_maps(frozen_outputs(model, frozen, images), names)
 
         def loss_fn(params):
             dist = distances(det.apply(params, deviations), state.centers, names)
@@ -162,7 +189,7 @@ def train(config: ml_collections.ConfigDict, model: anomem.AnoMem, frozen: dict,
     if state is None:
         state = create_state(config, det, model, frozen, tx, train_images, ~labelled_anomaly, mesh)
     if start < num_steps:
-        step_fn = make_train_step(det, model, tx, config, train_images.shape[-1], mesh)
+        step_fn = make_train_step(det, model, tx, config, mesh)
         batches = input_pipeline.train_batches({"image": train_images, "labelled_anomaly": labelled_anomaly},
                                                config.stage2.batch_size, config.seed + 1, start, num_steps, mesh)
         state = loop.run(lambda s, b: step_fn(s, b, frozen), state, batches, num_steps=num_steps, writer=writer,

@@ -129,3 +129,32 @@ def test_stage2_resumes_from_its_checkpoint_like_an_uninterrupted_run(tiny_confi
         got, want = parallel.fetch(getattr(resumed, part)), parallel.fetch(getattr(full, part))
         for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
             np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6, err_msg=part)
+
+
+def test_synthetic_anomalies_are_corrupted_copies_of_each_image(random_images):
+    images = input_pipeline.to_float(random_images(6, size=12))
+    key = jax.random.key(0)
+    rotated = np.asarray(stage2.synthetic_anomalies(key, images, ("rotation",)))
+    for got, x in zip(rotated, np.asarray(images)):
+        assert any(np.array_equal(got, np.rot90(x, r, axes=(0, 1))) for r in (1, 2, 3))
+    mixed = stage2.synthetic_anomalies(key, images, ("cutpaste", "scar", "rotation"))
+    np.testing.assert_array_equal(mixed, stage2.synthetic_anomalies(key, images, ("cutpaste", "scar", "rotation")))
+    assert mixed.shape == images.shape and float(mixed.min()) >= 0.0 and float(mixed.max()) <= 1.0
+    changed = np.abs(np.asarray(mixed) - np.asarray(images)).reshape(6, -1).max(axis=1)
+    assert np.all(changed > 0)  # every copy differs from its image
+
+
+def test_synthetic_anomalies_train_the_detector_to_separate_them(tiny_config, random_images, tmp_path):
+    config = tiny_config(**{"stage2.epochs": 6, "stage2.learning_rate": 1e-3,
+                            "stage2.synthetic_anomalies": ("rotation",)})
+    images = random_images(16)
+    labelled = np.zeros(16, bool)
+    mesh = parallel.make_mesh(jax.devices()[:2])
+    det, model, frozen, fresh, before, after = _train_and_score(config, images, labelled, mesh, str(tmp_path))
+    score_fn = stage2.make_score_fn(det, model, mesh)
+    _, batch = next(input_pipeline.eval_batches({"image": np.rot90(images, 1, axes=(1, 2)).copy()}, 16, mesh))
+    _, trained = stage2.train(config, model, frozen, images, labelled, str(tmp_path), mesh,
+                              metric_writers.create_default_writer(str(tmp_path), just_logging=True))
+    rotated = parallel.fetch(score_fn(frozen, trained.params, trained.centers, batch["image"]))
+    total = lambda s: sum(s[f"a/{n}"] for n in det.scale_names)  # noqa: E731
+    assert total(rotated).mean() > total(after).mean()  # rotated images end farther from the centres

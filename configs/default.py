@@ -1,6 +1,8 @@
-"""Embedded default: offline, one-class on scikit-learn's bundled digits, CPU-sized.
+"""The embedded digits job (the README's first command); the base config with every
+field documented is `mscad_jax/config.py`.
 
-Runs with no network in a few minutes on two CPU cores; the README's first command.
+Offline, one-class on scikit-learn's bundled digits, CPU-sized: runs with no network in
+under two minutes on two CPU cores.
   python -m mscad_jax.main --config=configs/default.py --workdir=/tmp/anomem_default
 Args: any base field as key=value, e.g. `configs/default.py:normal_class=3`.
 """
@@ -16,16 +18,24 @@ def get_config(arg: str | None = None):
     c.model.width = 16
     c.model.num_slots = 32
     c.model.proj_dim = 32
-    c.stage1.batch_size = 64
-    c.stage1.epochs = 150
+    c.model.rotation_head = True
+    c.stage1.batch_size = 64  # x4 rotated copies x2 views = 512 encoder passes per step
+    c.stage1.epochs = 100
     c.stage1.warmup_epochs = 10
     c.stage1.base_learning_rate = 2.0  # Small batch: lr = 2.0 * 64 / 256 = 0.5.
+    c.stage1.instance_weight = 1.0
+    c.stage1.reconstruction_weight = 1.0
+    c.stage1.rotations = True
+    c.stage1.augment.crop_scale_min = 0.8
+    c.stage1.augment.jitter_prob = 0.0
     c.stage2.batch_size = 64
     c.stage2.epochs = 50
     c.stage2.learning_rate = 1e-3
     c.stage2.hidden = 16
     c.stage2.embed_dim = 16
+    c.stage2.synthetic_anomalies = ("rotation",)
     c.eval.batch_size = 256
+    c.eval.scorer = ("knn",)
     c.log_every_steps = 25
     c.checkpoint_every_steps = 200
     return base.apply_arg(c, arg)

@@ -207,6 +207,13 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]
     return config
 
 
+def _get(config: ml_collections.ConfigDict, field: str) -> Any:
+    """The value of a dotted field name."""
+    for part in field.split("."):
+        config = config[part]
+    return config
+
+
 def _fail(field: str, value: Any, allowed: str) -> None:
     raise ConfigError(f"config.{field}={value!r} is invalid: {allowed}")
 
@@ -306,7 +313,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     if "patch_memory" in scorers and m.projected_memory:
         _fail("eval.scorer", scorers, "patch_memory compares features with slots: not with model.projected_memory")
     if m.rotation_head and not config.stage1.rotations:
-        _fail("model.rotation_head", m.rotation_head, "the head is trained on rotated copies: set stage1.rotations=True")
+        _fail("stage1.rotations", config.stage1.rotations,
+              "model.rotation_head=True is trained on rotated copies: set True (or the head False)")
     if config.eval.knn_k < 1:
         _fail("eval.knn_k", config.eval.knn_k, "must be a positive integer")
 
@@ -329,10 +337,24 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     for field, value in positive.items():
         if not value > 0:
             _fail(field, value, "must be positive")
-    if config.stage1.warmup_epochs < 0:
-        _fail("stage1.warmup_epochs", config.stage1.warmup_epochs, "must be >= 0")
+    non_negative = ("stage1.warmup_epochs", "stage1.memory_weight", "stage1.instance_weight",
+                    "stage1.variance_weight", "stage1.reconstruction_weight", "stage1.repulsion_weight",
+                    "stage1.rotation_weight", "stage1.augment.noise_std", "stage2.eta")
+    for field in non_negative:
+        value = _get(config, field)
+        if not value >= 0:
+            _fail(field, value, "must be >= 0")
+    for field in ("stage1.augment.jitter_prob", "stage1.augment.grayscale_prob", "stage1.augment.blur_prob"):
+        value = _get(config, field)
+        if not 0.0 <= value <= 1.0:
+            _fail(field, value, "a probability in [0, 1]")
     if not 0.0 < config.stage1.augment.crop_scale_min <= 1.0:
         _fail("stage1.augment.crop_scale_min", config.stage1.augment.crop_scale_min, "must be in (0, 1]")
+    sigma = tuple(config.stage1.augment.blur_sigma)
+    if len(sigma) != 2 or not 0.0 < sigma[0] <= sigma[1]:
+        _fail("stage1.augment.blur_sigma", sigma, "a range (low, high) with 0 < low <= high, in pixels")
+    if config.eval.patch_bank_size < 1:
+        _fail("eval.patch_bank_size", config.eval.patch_bank_size, "must be a positive integer")
     if num_devices is not None:
         for field in ("stage1.batch_size", "stage2.batch_size", "eval.batch_size"):
             section, name = field.split(".")

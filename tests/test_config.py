@@ -119,6 +119,21 @@ INVALID = [
     ("default", "model.depth", 20),
     ("default", "image_size", 4),
     ("default", "stage1.scale_weights", (1.0, 1.0)),  # 3 scales configured
+    ("default", "stage1.instance_weight", -1.0),
+    ("default", "stage1.reconstruction_weight", -0.5),
+    ("default", "stage1.memory_weight", -1.0),
+    ("default", "stage1.augment.blur_prob", 1.5),
+    ("default", "stage1.augment.jitter_prob", -0.1),
+    ("default", "stage1.augment.noise_std", -0.1),
+    ("default", "stage1.augment.blur_sigma", (2.0, 1.0)),
+    ("default", "stage1.rotations", False),  # the default config's rotation head needs rotated copies
+    ("default", "eval.scorer", ("knn", "nearest")),
+    ("default", "eval.scorer", ()),
+    ("default", "eval.knn_k", 0),
+    ("default", "eval.patch_bank_size", 0),
+    ("default", "stage2.pooling", "max"),
+    ("default", "stage2.synthetic_anomalies", ("rotation", "blur")),
+    ("fashion_mnist", "eval.scorer", ("patch_knn",)),  # needs eval.patch_knn
 ]
 
 

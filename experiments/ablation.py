@@ -40,7 +40,7 @@ _VARIANTS = flags.DEFINE_list("variants", list(VARIANTS), f"Variants to run, fro
 
 def main(argv):
     del argv
-    logs.quiet_library_logs()
+    logs.setup_console()
     base = sweep_classes._CONFIG.value
     classes = [int(k) for k in sweep_classes._CLASSES.value]
     seeds = [int(s) for s in sweep_classes._SEEDS.value]

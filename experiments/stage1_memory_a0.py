@@ -63,7 +63,7 @@ def _a0_aurocs(config, data, model, frozen, names, mesh) -> dict[str, float]:
 
 def main(argv):
     del argv
-    logs.quiet_library_logs()
+    logs.setup_console()
     config = config_lib.load_config_file(CONFIG_FILE, _CONFIG_ARG.value)
     mesh = parallel.make_mesh()
     data = protocols.build_protocol(config)

@@ -106,7 +106,7 @@ def runs_of_class(base, k: int, seed: int) -> list[tuple[str, object]]:
 
 def main(argv):
     del argv
-    logs.quiet_library_logs()
+    logs.setup_console()
     base = _CONFIG.value
     seeds = [int(s) for s in _SEEDS.value]
     rows = []

@@ -2,20 +2,22 @@
 
 Metrics stay on device between logging steps (no host sync per step); at each log
 step they are fetched together, checked for non-finite losses (the error names the
-step) and written as means over the interval.
+step), written as means over the interval to TensorBoard and the log file, and the
+console's progress line is updated.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Iterable
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
-from clu import metric_writers, periodic_actions
+from clu import metric_writers
 
-from mscad_jax import checkpoint, parallel
+from mscad_jax import checkpoint, logs, parallel
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -25,21 +27,24 @@ class NonFiniteLossError(FloatingPointError):
 def run(step_fn: Callable[[Any, Any], tuple[Any, dict[str, jax.Array]]], state: Any,
         batches: Iterable[tuple[int, Any]], *, num_steps: int, writer: metric_writers.MetricWriter,
         ckpt: ocp.CheckpointManager, log_every: int, checkpoint_every: int, prefix: str,
-        on_log: Callable[[int, dict[str, float]], None] | None = None) -> Any:
+        start_step: int = 0) -> Any:
     """Runs `state, metrics = step_fn(state, batch)` over `batches` (step-numbered)."""
-    report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer, every_steps=log_every)
+    progress = logs.ProgressLine(prefix, num_steps, start=start_step) if jax.process_index() == 0 else None
     pending: list[tuple[int, dict[str, jax.Array]]] = []
+    last_time, last_step = time.perf_counter(), start_step
     try:
         for step, batch in batches:
             state, metrics = step_fn(state, batch)
             pending.append((step, metrics))
             done = step + 1
-            report(done)
             if done % log_every == 0 or done == num_steps:
                 summary = _flush(pending, prefix)
+                now = time.perf_counter()
+                summary[f"{prefix}/steps_per_second"] = (done - last_step) / max(now - last_time, 1e-9)
+                last_time, last_step = now, done
                 writer.write_scalars(done, summary)
-                if on_log:
-                    on_log(done, summary)
+                if progress:
+                    progress.update(done, summary[f"{prefix}/loss"])
                 pending = []
             if done % checkpoint_every == 0 or done == num_steps:
                 checkpoint.save(ckpt, done, state)

@@ -6,8 +6,15 @@ anything is written, and dispatches to train.train_and_evaluate.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
+
+# TensorFlow (pulled in by TFDS and clu) prints C++ notices when it loads, before any flag
+# is parsed. Here it only decodes and resizes images, which oneDNN does not touch, so its
+# oneDNN notice goes too. Set either variable yourself to bring them back.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 import jax
 from absl import app, flags, logging
@@ -24,6 +31,9 @@ _MODE = flags.DEFINE_enum("mode", "train", config_lib.MODES,
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-host: coordinator host:port.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: index of this process.")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Also print every log record (ours and the libraries') on the "
+                             "console; without it the console shows progress lines, warnings and the results, "
+                             "and the records go to WORKDIR/log.txt.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -42,7 +52,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logs.quiet_library_logs()
+    logs.setup_console(_VERBOSE.value)
     parallel.maybe_initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     logging.info("process %d of %d; %d local / %d global devices: %s", jax.process_index(), jax.process_count(),
                  jax.local_device_count(), jax.device_count(), jax.devices())

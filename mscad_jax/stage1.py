@@ -225,6 +225,6 @@ def train(config: ml_collections.ConfigDict, train_images: np.ndarray, labelled_
                                                config.stage1.batch_size, config.seed, start, num_steps, mesh)
         state = loop.run(step_fn, state, batches, num_steps=num_steps, writer=writer, ckpt=ckpt,
                          log_every=config.log_every_steps, checkpoint_every=config.checkpoint_every_steps,
-                         prefix="stage1")
+                         prefix="stage1", start_step=start)
     ckpt.close()
     return model, state

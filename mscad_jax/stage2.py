@@ -194,7 +194,7 @@ def train(config: ml_collections.ConfigDict, model: anomem.AnoMem, frozen: dict,
                                                config.stage2.batch_size, config.seed + 1, start, num_steps, mesh)
         state = loop.run(lambda s, b: step_fn(s, b, frozen), state, batches, num_steps=num_steps, writer=writer,
                          ckpt=ckpt, log_every=config.log_every_steps,
-                         checkpoint_every=config.checkpoint_every_steps, prefix="stage2")
+                         checkpoint_every=config.checkpoint_every_steps, prefix="stage2", start_step=start)
     ckpt.close()
     return det, state
 

@@ -18,12 +18,13 @@ import numpy as np
 from absl import logging
 from clu import metric_writers
 
-from mscad_jax import evaluate, metrics, parallel, stage1, stage2
+from mscad_jax import evaluate, logs, metrics, parallel, stage1, stage2
 from mscad_jax.data import input_pipeline, protocols
 from mscad_jax.models import anomem
 
-SUMMARY_KEYS = ("dataset", "protocol", "normal_class", "auroc", "aupr", "fpr95", "auroc_training_free",
-                "pixel_auroc", "linear_eval_accuracy", "num_test", "num_anomalies")
+SUMMARY_KEYS = ("dataset", "protocol", "normal_class", "scorer", "auroc", "aupr", "fpr95", "auroc_detector",
+                "auroc_training_free", "auroc_knn", "auroc_rotation", "auroc_pixel_knn_floor", "pixel_auroc",
+                "linear_eval_accuracy", "num_test", "num_anomalies")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mode: str = "train") -> dict[str, Any]:
@@ -43,23 +44,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mode: st
     os.makedirs(workdir, exist_ok=True)
     if jax.process_index() == 0:
         metrics.write_json_atomic(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
-    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-
     restore_only = mode == "evaluate"
-    model, s1 = stage1.train(config, data.train_images[stage1_rows], data.train_labelled_anomaly[stage1_rows],
-                             workdir, mesh, writer, restore_only=restore_only)
-    frozen = {"params": s1.params, "batch_stats": s1.batch_stats}
-    det, s2 = stage2.train(config, model, frozen, data.train_images, data.train_labelled_anomaly, workdir, mesh,
-                           writer, restore_only=restore_only)
-    results = evaluate.evaluate(
-        config, data, stage2.make_score_fn(det, model, mesh, config.eval.patch_knn, config.eval.knn_rotations), (frozen, s2.params, s2.centers),
-        anomem.scale_names(config.model.scales), workdir, mesh, writer,
-        pooled_fn=stage2.make_pooled_fn(model, mesh), pooled_args=(frozen,))
+    names = anomem.scale_names(config.model.scales)
+    with logs.LogFile(os.path.join(workdir, "log.txt"), enabled=jax.process_index() == 0):
+        writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+        try:
+            model, s1 = stage1.train(config, data.train_images[stage1_rows], data.train_labelled_anomaly[stage1_rows],
+                                     workdir, mesh, writer, restore_only=restore_only)
+            frozen = {"params": s1.params, "batch_stats": s1.batch_stats}
+            det, s2 = stage2.train(config, model, frozen, data.train_images, data.train_labelled_anomaly, workdir,
+                                   mesh, writer, restore_only=restore_only)
+            score_fn = stage2.make_score_fn(det, model, mesh, patches=config.eval.patch_knn,
+                                            rotated_features=config.eval.knn_rotations)
+            results = evaluate.evaluate(config, data, score_fn, (frozen, s2.params, s2.centers), names, workdir, mesh,
+                                        writer, pooled_fn=stage2.make_pooled_fn(model, mesh), pooled_args=(frozen,))
+        finally:
+            writer.close()
     results["wall_time_s"] = time.time() - start
     if jax.process_index() == 0:
         metrics.write_json_atomic(os.path.join(workdir, "results.json"), results)
         print(format_summary(results))
-    writer.close()
     return results
 
 

@@ -1,0 +1,34 @@
+"""Console progress line and the workdir log file."""
+
+import io
+
+from absl import logging
+
+from mscad_jax import logs
+
+
+def test_progress_line_on_a_pipe_writes_one_line_per_update():
+    stream = io.StringIO()
+    line = logs.ProgressLine("stage1", 200, start=100, stream=stream)
+    text = line.update(150, loss=3.14159)
+    line.update(200)
+    assert text.startswith("stage1  150/200")
+    assert "step/s" in text and "ETA" in text and "loss 3.142" in text
+    out = stream.getvalue()
+    assert "\r" not in out and out.count("\n") == 2
+
+
+def test_log_file_gets_our_records_and_stops_when_closed(tmp_path):
+    path = tmp_path / "log.txt"
+    logs.setup_console()
+    with logs.LogFile(str(path)):
+        logging.info("inside %d", 1)
+    logging.info("outside")
+    text = path.read_text()
+    assert "inside 1" in text and "outside" not in text
+
+
+def test_log_file_disabled_writes_nothing(tmp_path):
+    with logs.LogFile(str(tmp_path / "log.txt"), enabled=False):
+        logging.info("x")
+    assert not (tmp_path / "log.txt").exists()

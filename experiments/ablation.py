@@ -20,7 +20,7 @@ from absl import app, flags
 
 import sweep_classes  # the same flags and the same resumable run
 from mscad_jax import config as config_lib
-from mscad_jax import logs, metrics
+from mscad_jax import cli, logs, metrics
 
 # Variant name -> config overrides relative to the chosen config.
 VARIANTS: dict[str, dict] = {
@@ -80,4 +80,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    sys.exit(app.run(main))
+    sys.exit(app.run(main, flags_parser=cli.parse_flags))

@@ -15,7 +15,7 @@ import numpy as np
 from absl import app, flags
 
 from mscad_jax import config as config_lib
-from mscad_jax import parallel, stage1
+from mscad_jax import cli, parallel, stage1
 from mscad_jax.data import input_pipeline
 from mscad_jax.models import anomem
 
@@ -54,4 +54,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    sys.exit(app.run(main))
+    sys.exit(app.run(main, flags_parser=cli.parse_flags))

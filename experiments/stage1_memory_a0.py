@@ -23,7 +23,7 @@ from absl import app, flags
 from clu import metric_writers
 
 from mscad_jax import config as config_lib
-from mscad_jax import evaluate, logs, metrics, parallel, plots, stage1, stage2
+from mscad_jax import cli, evaluate, logs, metrics, parallel, plots, stage1, stage2
 from mscad_jax.data import protocols
 from mscad_jax.models import anomem
 
@@ -121,4 +121,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    sys.exit(app.run(main))
+    sys.exit(app.run(main, flags_parser=cli.parse_flags))

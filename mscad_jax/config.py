@@ -8,6 +8,7 @@ allowed.
 
 from __future__ import annotations
 
+import difflib
 import os
 from typing import Any
 
@@ -187,17 +188,41 @@ def apply_arg(config: ml_collections.ConfigDict, arg: str | None) -> ml_collecti
     return apply_overrides(config, parse_arg(arg))
 
 
+def field_names(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    """Every leaf field as a dotted name (`stage1.augment.crop_scale_min`)."""
+    names = []
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            names += field_names(value, f"{prefix}{key}.")
+        else:
+            names.append(f"{prefix}{key}")
+    return names
+
+
+def has_field(config: ml_collections.ConfigDict, field: str) -> bool:
+    """Whether the dotted name is a field of `config`."""
+    target = config
+    for part in field.split("."):
+        if not isinstance(target, ml_collections.ConfigDict) or part not in target:
+            return False
+        target = target[part]
+    return True
+
+
+def unknown_field(config: ml_collections.ConfigDict, field: str) -> ConfigError:
+    """The error for a field name the config does not have, with the nearest valid names."""
+    nearest = difflib.get_close_matches(field, field_names(config), n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(nearest)}?" if nearest else "; the fields are documented in mscad_jax/config.py"
+    return ConfigError(f"config has no field {field!r}{hint}")
+
+
 def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]) -> ml_collections.ConfigDict:
     """Sets `field` or `section.field` for each item; unknown fields are an error."""
     for key, value in overrides.items():
+        if not has_field(config, key):
+            raise unknown_field(config, key)
         *parents, leaf = key.split(".")
-        target = config
-        for part in parents:
-            if not isinstance(target, ml_collections.ConfigDict) or part not in target:
-                raise ConfigError(f"config argument names unknown field {key!r}")
-            target = target[part]
-        if not isinstance(target, ml_collections.ConfigDict) or leaf not in target:
-            raise ConfigError(f"config argument names unknown field {key!r}")
+        target = _get(config, ".".join(parents)) if parents else config
         if isinstance(target[leaf], tuple) and not isinstance(value, tuple):
             value = (value,)
         try:
@@ -269,23 +294,29 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
                 _fail("ood_datasets", tuple(config.ood_datasets), f"allowed: {', '.join(d for d in DATASETS if d != 'image_folder')}")
     if config.data_dir is not None and not os.path.isdir(config.data_dir):
         _fail("data_dir", config.data_dir, "directory does not exist")
-    if not 1 <= config.style_severity <= 5:
-        _fail("style_severity", config.style_severity, "an integer in 1..5")
-    if config.local_kind not in ("cutpaste", "scar"):
-        _fail("local_kind", config.local_kind, "allowed: cutpaste, scar")
+    # Allowed values come from the registries that implement them (imported here: they pull in JAX).
+    from mscad_jax.data.anomalies import LOCAL_ANOMALIES, SEVERITIES, STYLE_CORRUPTIONS
+    from mscad_jax.evaluate import SCORERS
+    from mscad_jax.models.anomem import DEVIATIONS
+    from mscad_jax.models.detector import POOLINGS
+    from mscad_jax.models.resnet import RESNET_LAYOUTS
+    from mscad_jax.stage2 import SYNTHETIC_ANOMALIES
+
+    if config.style_corruption not in STYLE_CORRUPTIONS:
+        _fail("style_corruption", config.style_corruption, f"allowed: {', '.join(STYLE_CORRUPTIONS)}")
+    if config.style_severity not in SEVERITIES:
+        _fail("style_severity", config.style_severity, f"allowed: {', '.join(map(str, SEVERITIES))}")
+    if config.local_kind not in LOCAL_ANOMALIES:
+        _fail("local_kind", config.local_kind, f"allowed: {', '.join(LOCAL_ANOMALIES)}")
 
     m = config.model
     scales = tuple(m.scales)
     if not scales or len(set(scales)) != len(scales) or not set(scales) <= {1, 2, 3, 4}:
         _fail("model.scales", scales, "a non-empty set of distinct stages from 1, 2, 3, 4")
-    if m.depth not in (10, 18, 34, 50):
-        _fail("model.depth", m.depth, "allowed: 10, 18, 34, 50")
-    if m.deviation not in ("difference", "normalized"):
-        _fail("model.deviation", m.deviation, "allowed: difference, normalized")
-    from mscad_jax.models.detector import POOLINGS
-
-    from mscad_jax.stage2 import SYNTHETIC_ANOMALIES
-
+    if m.depth not in RESNET_LAYOUTS:
+        _fail("model.depth", m.depth, f"allowed: {', '.join(map(str, RESNET_LAYOUTS))}")
+    if m.deviation not in DEVIATIONS:
+        _fail("model.deviation", m.deviation, f"allowed: {', '.join(DEVIATIONS)}")
     synthetic = tuple(config.stage2.synthetic_anomalies)
     if len(set(synthetic)) != len(synthetic) or not set(synthetic) <= set(SYNTHETIC_ANOMALIES):
         _fail("stage2.synthetic_anomalies", synthetic, f"distinct kinds from {', '.join(SYNTHETIC_ANOMALIES)}")
@@ -300,8 +331,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         _fail("model.beta", m.beta, "must be positive")
     if config.image_size < 8:
         _fail("image_size", config.image_size, "must be at least 8")
-
-    from mscad_jax.evaluate import SCORERS  # the registry that computes them; imported late: it pulls in JAX
 
     scorers = scorer_names(config)
     if not scorers or len(set(scorers)) != len(scorers) or not set(scorers) <= set(SCORERS):

@@ -7,8 +7,6 @@ anything is written, and dispatches to train.train_and_evaluate.
 from __future__ import annotations
 
 import os
-import re
-import sys
 
 # TensorFlow (pulled in by TFDS and clu) prints C++ notices when it loads, before any flag
 # is parsed. Here it only decodes and resizes images, which oneDNN does not touch, so its
@@ -21,7 +19,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from mscad_jax import config as config_lib
-from mscad_jax import logs, parallel, train
+from mscad_jax import cli, logs, parallel, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/<name>.py[:args]).",
                                           lock_config=True)
@@ -37,18 +35,6 @@ _VERBOSE = flags.DEFINE_bool("verbose", False, "Also print every log record (our
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl's parser, but a ConfigError raised while loading the config file (a bad
-    `--config=file.py:key=value` argument) ends with one line and status 2 instead of
-    ml_collections' traceback."""
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        found = re.search(r"ConfigError: (.+)$", str(e).strip())
-        print(f"error: {found.group(1) if found else e}", file=sys.stderr)
-        sys.exit(2)
-
-
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -60,17 +46,14 @@ def main(argv: list[str]) -> None:
         config = _CONFIG.value
         config.keys()  # config_flags defers a missing or broken file's error to first use
     except OSError as e:
-        print(f"error: --config could not be loaded: {' '.join(str(e).split())}", file=sys.stderr)
-        sys.exit(2)
+        cli.refuse(f"--config could not be loaded: {' '.join(str(e).split())}")
     # Problems the user can fix (a bad field, a batch larger than the data, evaluating an
     # untrained workdir) end with one line and status 2, not a traceback.
     try:
-        config_lib.validate(config, num_devices=jax.device_count())
         train.train_and_evaluate(config, _WORKDIR.value, _MODE.value)
     except (config_lib.ConfigError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        cli.refuse(str(e))
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=cli.parse_flags)

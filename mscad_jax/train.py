@@ -18,6 +18,7 @@ import numpy as np
 from absl import logging
 from clu import metric_writers
 
+from mscad_jax import config as config_lib
 from mscad_jax import evaluate, logs, metrics, parallel, stage1, stage2
 from mscad_jax.data import input_pipeline, protocols
 from mscad_jax.models import anomem
@@ -30,6 +31,7 @@ SUMMARY_KEYS = ("dataset", "protocol", "normal_class", "scorer", "auroc", "aupr"
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mode: str = "train") -> dict[str, Any]:
     """Runs the whole job; returns the results written to workdir/results.json."""
     start = time.time()
+    config_lib.validate(config, num_devices=jax.device_count())  # scripts calling this get main's refusals
     mesh = parallel.make_mesh()
     data = protocols.build_protocol(config)
     logging.info("data: %s", data.summary())

@@ -115,6 +115,8 @@ INVALID = [
     ("default", "known_anomaly_classes", (0,)),  # the normal class itself
     ("default", "known_anomaly_classes", (10,)),
     ("default", "style_severity", 6),
+    ("default", "style_corruption", "foo"),
+    ("default", "model.deviation", "ratio"),
     ("default", "local_kind", "hole"),
     ("default", "model.depth", 20),
     ("default", "image_size", 4),
@@ -296,8 +298,8 @@ def test_config_file_args_unknown_field():
 # ---- command line -------------------------------------------------------------------
 
 
-def _run_main(tmp_path, *args):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
+def _run_main(tmp_path, *args, **env_vars):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", **env_vars)
     workdir = tmp_path / "wd"
     proc = subprocess.run([sys.executable, "-m", "mscad_jax.main", *args, f"--workdir={workdir}"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -308,14 +310,31 @@ def _run_main(tmp_path, *args):
     (("--config=configs/default.py", "--config.dataset=nope"), "config.dataset="),
     (("--config=configs/default.py:normal_class=12",), "config.normal_class="),
     (("--config=configs/default.py", "--config.stage1.batch_size=0"), "config.stage1.batch_size="),
-    (("--config=configs/default.py:no_such_field=1",), "unknown field 'no_such_field'"),
+    (("--config=configs/default.py:no_such_field=1",), "no field 'no_such_field'"),
+    (("--config=configs/default.py", "--config.stage1.batchsize=4"),
+     "no field 'stage1.batchsize'; did you mean stage1.batch_size"),
+    (("--config=configs/default.py:anomaly_type=style,style_corruption=foo",), "config.style_corruption='foo'"),
     (("--config=configs/no_such_file.py",), "configs/no_such_file.py"),
-], ids=["dataset", "normal_class", "batch_size", "unknown_arg_field", "missing_file"])
+], ids=["dataset", "normal_class", "batch_size", "unknown_arg_field", "unknown_override_field",
+        "style_corruption", "missing_file"])
 def test_command_line_rejects_bad_config(tmp_path, args, expected):
     proc, workdir = _run_main(tmp_path, *args)
-    assert proc.returncode != 0, proc.stderr
+    assert proc.returncode == 2, proc.stderr
     error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert error_lines, proc.stderr
     assert expected in error_lines[0]
+    assert "Traceback" not in proc.stderr
+    assert not workdir.exists()
+
+
+def test_command_line_refuses_a_dataset_that_is_not_prepared(tmp_path):
+    """No network and no prepared copy: one line saying where it looked and how to prepare it."""
+    empty = tmp_path / "tfds"
+    empty.mkdir()
+    proc, workdir = _run_main(tmp_path, "--config=configs/cifar100.py", TFDS_DATA_DIR=str(empty))
+    assert proc.returncode == 2, proc.stderr
+    error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert error_lines and "'cifar100' is not prepared" in error_lines[0] and str(empty) in error_lines[0]
+    assert "tfds build cifar100" in error_lines[0]
     assert "Traceback" not in proc.stderr
     assert not workdir.exists()

@@ -9,6 +9,7 @@ holding them there makes the batch order a pure function of (seed, epoch).
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 
@@ -56,7 +57,15 @@ def _digits(split: str) -> tuple[np.ndarray, np.ndarray]:
 def _tfds(name: str, split: str, data_dir: str | None, coarse_label: bool, image_size: int):
     import tensorflow_datasets as tfds
 
-    ds = tfds.load(name, split=split, data_dir=data_dir, shuffle_files=False)
+    builder = tfds.builder(name, data_dir=data_dir)
+    if not builder.is_prepared():
+        # Refuse here rather than let TFDS try to download (a long traceback without network).
+        root = os.path.dirname(os.path.dirname(builder.data_dir))
+        raise FileNotFoundError(
+            f"dataset {name!r} is not prepared in {root} (config.data_dir, else TFDS_DATA_DIR, else "
+            f"~/tensorflow_datasets); on a machine with network run `tfds build {name} --data_dir=DIR`, copy DIR "
+            f"here and pass data_dir=DIR or set TFDS_DATA_DIR=DIR")
+    ds = builder.as_dataset(split=split, shuffle_files=False)
     return _tf_dataset_to_numpy(ds, "coarse_label" if coarse_label else "label", image_size)
 
 

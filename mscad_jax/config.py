@@ -92,16 +92,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.stage1.labelled_anomalies = True  # unbalanced: labelled anomalies enter stage 1 (negatives + repulsion); False: stage 2 only.
     c.stage1.repulsion_weight = 1.0  # Weight of the labelled-anomaly repulsion term.
     c.stage1.repulsion_margin = 0.0  # Cosine margin of the repulsion term.
-    c.stage1.augment = ml_collections.ConfigDict()
-    c.stage1.augment.crop_scale_min = 0.08  # Random resized crop area range [min, 1].
-    c.stage1.augment.flip = True  # Horizontal flips.
-    c.stage1.augment.jitter_strength = (0.4, 0.4, 0.4, 0.1)  # Brightness, contrast, saturation, hue.
-    c.stage1.augment.jitter_prob = 0.8  # Probability of jitter (gray images: brightness and contrast only).
-    c.stage1.augment.grayscale_prob = 0.2  # Probability of grayscale (RGB only).
-    c.stage1.augment.blur_prob = 0.0  # Probability of a Gaussian blur, sigma ~ U[blur_sigma] pixels.
-    c.stage1.augment.blur_sigma = (0.1, 2.0)  # Blur sigma range in pixels.
-    c.stage1.augment.noise_std = 0.0  # Additive Gaussian noise, std ~ U[0, noise_std]; 0 = off.
-
+    c.stage1.augment = augment_section()  # The views of the contrastive task (fields: augment_section).
     # ---- stage 2: deviation-map detectors -----------------------------------------
     c.stage2 = ml_collections.ConfigDict()
     c.stage2.batch_size = 256  # Global batch.
@@ -113,7 +104,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.stage2.pooling = "mean"  # mean (global average pooling, DESIGN) | flatten (keeps every position).
     c.stage2.eta = 1.0  # Deep SAD weight of labelled anomalies.
     c.stage2.center_eps = 0.1  # Centre coordinates are pushed away from 0 by at least this.
-    c.stage2.augment = False  # Apply the stage-1 augmentations to stage-2 inputs.
+    c.stage2.augment = augment_section(  # Stage 2's own input augmentation; these defaults change nothing.
+        crop_scale_min=1.0, flip=False, jitter_prob=0.0, grayscale_prob=0.0)
     c.stage2.synthetic_anomalies = ()  # Kinds added to every batch as labelled anomalies: cutpaste, scar, rotation.
 
     # ---- evaluation -------------------------------------------------------------
@@ -136,6 +128,22 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 500  # Checkpoint cadence (and always at the end of a stage).
     c.max_checkpoints_to_keep = 2  # Newest checkpoints kept per stage.
     return c
+
+
+def augment_section(**overrides: Any) -> ml_collections.ConfigDict:
+    """An `augment` section (stage1.augment, stage2.augment): read by data.augment.from_config."""
+    a = ml_collections.ConfigDict()
+    a.crop_scale_min = 0.08  # Random resized crop area range [min, 1]; 1 = no crop.
+    a.flip = True  # Horizontal flips.
+    a.jitter_strength = (0.4, 0.4, 0.4, 0.1)  # Brightness, contrast, saturation, hue.
+    a.jitter_prob = 0.8  # Probability of jitter (gray images: brightness and contrast only).
+    a.grayscale_prob = 0.2  # Probability of grayscale (RGB only).
+    a.blur_prob = 0.0  # Probability of a Gaussian blur, sigma ~ U[blur_sigma] pixels.
+    a.blur_sigma = (0.1, 2.0)  # Blur sigma range in pixels.
+    a.noise_std = 0.0  # Additive Gaussian noise, std ~ U[0, noise_std]; 0 = off.
+    for key, value in overrides.items():
+        a[key] = value
+    return a
 
 
 def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
@@ -368,20 +376,23 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
             _fail(field, value, "must be positive")
     non_negative = ("stage1.warmup_epochs", "stage1.memory_weight", "stage1.instance_weight",
                     "stage1.variance_weight", "stage1.reconstruction_weight", "stage1.repulsion_weight",
-                    "stage1.rotation_weight", "stage1.augment.noise_std", "stage2.eta")
+                    "stage1.rotation_weight", "stage2.eta")
     for field in non_negative:
         value = _get(config, field)
         if not value >= 0:
             _fail(field, value, "must be >= 0")
-    for field in ("stage1.augment.jitter_prob", "stage1.augment.grayscale_prob", "stage1.augment.blur_prob"):
-        value = _get(config, field)
-        if not 0.0 <= value <= 1.0:
-            _fail(field, value, "a probability in [0, 1]")
-    if not 0.0 < config.stage1.augment.crop_scale_min <= 1.0:
-        _fail("stage1.augment.crop_scale_min", config.stage1.augment.crop_scale_min, "must be in (0, 1]")
-    sigma = tuple(config.stage1.augment.blur_sigma)
-    if len(sigma) != 2 or not 0.0 < sigma[0] <= sigma[1]:
-        _fail("stage1.augment.blur_sigma", sigma, "a range (low, high) with 0 < low <= high, in pixels")
+    for section in ("stage1.augment", "stage2.augment"):
+        a = _get(config, section)
+        for name in ("jitter_prob", "grayscale_prob", "blur_prob"):
+            if not 0.0 <= a[name] <= 1.0:
+                _fail(f"{section}.{name}", a[name], "a probability in [0, 1]")
+        if not 0.0 < a.crop_scale_min <= 1.0:
+            _fail(f"{section}.crop_scale_min", a.crop_scale_min, "must be in (0, 1]")
+        sigma = tuple(a.blur_sigma)
+        if len(sigma) != 2 or not 0.0 < sigma[0] <= sigma[1]:
+            _fail(f"{section}.blur_sigma", sigma, "a range (low, high) with 0 < low <= high, in pixels")
+        if not a.noise_std >= 0:
+            _fail(f"{section}.noise_std", a.noise_std, "must be >= 0")
     if config.eval.patch_bank_size < 1:
         _fail("eval.patch_bank_size", config.eval.patch_bank_size, "must be a positive integer")
     if num_devices is not None:

@@ -1,4 +1,5 @@
-"""The training loop shared by both stages: steps, logging, progress, checkpoints.
+"""The stage runner shared by both stages: restore, resume, steps, logging, progress,
+checkpoints. `stage1.py` and `stage2.py` describe only what differs (a `Stage`).
 
 Metrics stay on device between logging steps (no host sync per step); at each log
 step they are fetched together, checked for non-finite losses (the error names the
@@ -8,6 +9,8 @@ console's progress line is updated.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import time
 from typing import Any, Callable, Iterable
 
@@ -18,10 +21,72 @@ from absl import logging
 from clu import metric_writers
 
 from mscad_jax import checkpoint, logs, parallel
+from mscad_jax.data import input_pipeline
 
 
 class NonFiniteLossError(FloatingPointError):
     """Raised when a training loss becomes NaN or infinite."""
+
+
+StepFn = Callable[[Any, Any], tuple[Any, dict[str, jax.Array]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """What differs between stage 1 and stage 2; `run_stage` does everything else.
+
+    Attributes:
+      name: 'stage1' or 'stage2': the checkpoint directory and the metrics' prefix.
+      num_steps: the stage's last step.
+      abstract_state: () -> the state's structure (eval_shape), the restore target.
+      create_state: () -> the initial state, when there is no checkpoint.
+      make_step: () -> the jitted `(state, batch) -> (state, metrics)`; built only when
+        there are steps left to run.
+      arrays: host arrays batched by input_pipeline.train_batches.
+      batch_size: the global batch.
+      data_seed: seeds the batch order.
+    """
+
+    name: str
+    num_steps: int
+    abstract_state: Callable[[], Any]
+    create_state: Callable[[], Any]
+    make_step: Callable[[], StepFn]
+    arrays: dict[str, np.ndarray]
+    batch_size: int
+    data_seed: int
+
+
+def run_stage(stage: Stage, config, workdir: str, mesh: jax.sharding.Mesh, writer: metric_writers.MetricWriter, *,
+              restore_only: bool = False) -> Any:
+    """Restores `stage` from `workdir/checkpoints/<name>` and trains it to its last step.
+
+    The two stages' precedence, stated once: stage 2 trains on the frozen result of a
+    finished stage 1 (train.train_and_evaluate calls this for stage 1, then stage 2), and
+    `--mode=evaluate` (restore_only) needs both finished: an unfinished stage is refused
+    with FileNotFoundError naming it. A resumed stage continues the same batch order and
+    augmentation keys (both are functions of the step), so it ends where an uninterrupted
+    run would.
+    """
+    ckpt = checkpoint.manager(os.path.join(workdir, "checkpoints", stage.name), config.max_checkpoints_to_keep)
+    try:
+        state = checkpoint.restore_latest(ckpt, stage.abstract_state())
+        start = 0 if state is None else int(parallel.fetch(state.step))
+        if restore_only and start < stage.num_steps:
+            number = stage.name.removeprefix("stage")
+            raise FileNotFoundError(f"{workdir} holds no finished stage-{number} checkpoint (found step {start} of "
+                                    f"{stage.num_steps}); run with --mode=train first")
+        if state is None:
+            state = stage.create_state()
+        if start < stage.num_steps:
+            batches = input_pipeline.train_batches(stage.arrays, stage.batch_size, stage.data_seed, start,
+                                                   stage.num_steps, mesh)
+            state = run(stage.make_step(), state, batches, num_steps=stage.num_steps, writer=writer, ckpt=ckpt,
+                        log_every=config.log_every_steps, checkpoint_every=config.checkpoint_every_steps,
+                        prefix=stage.name, start_step=start)
+    finally:
+        ckpt.close()
+    return state
 
 
 def run(step_fn: Callable[[Any, Any], tuple[Any, dict[str, jax.Array]]], state: Any,

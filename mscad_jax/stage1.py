@@ -207,24 +207,15 @@ def train(config: ml_collections.ConfigDict, train_images: np.ndarray, labelled_
     """Trains stage 1 to `config.stage1.epochs`, resuming from workdir's checkpoints."""
     model = anomem.from_config(config.model)
     per_epoch = input_pipeline.steps_per_epoch(len(train_images), config.stage1.batch_size)
-    num_steps = config.stage1.epochs * per_epoch
     tx = make_optimizer(config, per_epoch)
     image_shape = train_images.shape[1:]
     hp = Stage1Hparams.from_config(config)
-    ckpt = checkpoint.manager(f"{workdir}/checkpoints/stage1", config.max_checkpoints_to_keep)
-    state = checkpoint.restore_latest(ckpt, abstract_state(model, tx, config.seed, image_shape, mesh))
-    start = 0 if state is None else int(parallel.fetch(state.step))
-    if restore_only and start < num_steps:
-        raise FileNotFoundError(f"{workdir} holds no finished stage-1 checkpoint (found step {start} of "
-                                f"{num_steps}); run with --mode=train first")
-    if state is None:
-        state = create_state(model, tx, config.seed, image_shape, mesh)
-    if start < num_steps:
-        step_fn = make_train_step(model, tx, hp, learning_rate_schedule(config, per_epoch), mesh)
-        batches = input_pipeline.train_batches({"image": train_images, "labelled_anomaly": labelled_anomaly},
-                                               config.stage1.batch_size, config.seed, start, num_steps, mesh)
-        state = loop.run(step_fn, state, batches, num_steps=num_steps, writer=writer, ckpt=ckpt,
-                         log_every=config.log_every_steps, checkpoint_every=config.checkpoint_every_steps,
-                         prefix="stage1", start_step=start)
-    ckpt.close()
+    stage = loop.Stage(
+        name="stage1", num_steps=config.stage1.epochs * per_epoch,
+        abstract_state=lambda: abstract_state(model, tx, config.seed, image_shape, mesh),
+        create_state=lambda: create_state(model, tx, config.seed, image_shape, mesh),
+        make_step=lambda: make_train_step(model, tx, hp, learning_rate_schedule(config, per_epoch), mesh),
+        arrays={"image": train_images, "labelled_anomaly": labelled_anomaly},
+        batch_size=config.stage1.batch_size, data_seed=config.seed)
+    state = loop.run_stage(stage, config, workdir, mesh, writer, restore_only=restore_only)
     return model, state

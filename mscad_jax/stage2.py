@@ -132,18 +132,32 @@ def synthetic_anomalies(key: jax.Array, images: jax.Array, kinds: Sequence[str])
     return jnp.take_along_axis(jnp.stack(candidates), choice[None, :, None, None, None], axis=0)[0]
 
 
+def loss_and_metrics(params: dict, det: detector.MultiScaleDetector, deviations: dict[str, jax.Array],
+                     centers: dict[str, jax.Array], labelled: jax.Array, eta: float) -> tuple[jax.Array, dict]:
+    """Stage 2's loss: multi-scale Deep SAD on the squared distances of the detectors'
+    embeddings to the centres (Deep SVDD when nothing is labelled), and per-scale mean
+    distances of the normal rows."""
+    names = det.scale_names
+    dist = distances(det.apply(params, deviations), centers, names)
+    loss = losses.deep_sad_loss(dist, labelled, eta)
+    normal = (~labelled).astype(jnp.float32)
+    metrics = {"loss": loss}
+    for i, n in enumerate(names):
+        metrics[f"{n}/normal_distance"] = jnp.sum(dist[:, i] * normal) / jnp.maximum(normal.sum(), 1.0)
+    return loss, metrics
+
+
 def make_train_step(det, model, tx, config: ml_collections.ConfigDict, mesh: Mesh):
     """The jitted step (state, batch, frozen) -> (state, metrics)."""
     names = det.scale_names
     eta = float(config.stage2.eta)
-    aug = augment.AugmentConfig(crop_scale=(float(config.stage1.augment.crop_scale_min), 1.0)) \
-        if config.stage2.augment else None
+    aug = augment.from_config(config.stage2.augment)
     synthetic = tuple(config.stage2.synthetic_anomalies)
 
     def train_step(state: Stage2State, batch: dict, frozen: dict):
         images = input_pipeline.to_float(batch["image"])
         key = jax.random.fold_in(state.rng, state.step)
-        if aug is not None:
+        if not aug.is_identity:
             images = augment.augment_batch(key, images, aug)
         labelled = batch["labelled_anomaly"]
         if synthetic:
@@ -151,18 +165,11 @@ def make_train_step(det, model, tx, config: ml_collections.ConfigDict, mesh: Mes
             images = jnp.concatenate([images, synthetic_anomalies(jax.random.fold_in(key, 1), images, synthetic)])
             labelled = jnp.concatenate([labelled, jnp.ones_like(labelled)])
         deviations = deviation_maps(frozen_outputs(model, frozen, images), names)
-
-        def loss_fn(params):
-            dist = distances(det.apply(params, deviations), state.centers, names)
-            return losses.deep_sad_loss(dist, labelled, eta), dist
-
-        (loss, dist), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        grad_fn = jax.value_and_grad(loss_and_metrics, has_aux=True)
+        (_, metrics), grads = grad_fn(state.params, det, deviations, state.centers, labelled, eta)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        normal = (~labelled).astype(jnp.float32)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
-        for i, n in enumerate(names):
-            metrics[f"{n}/normal_distance"] = jnp.sum(dist[:, i] * normal) / jnp.maximum(normal.sum(), 1.0)
+        metrics["grad_norm"] = optax.global_norm(grads)
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     rep = parallel.replicated(mesh)
@@ -178,24 +185,18 @@ def train(config: ml_collections.ConfigDict, model: anomem.AnoMem, frozen: dict,
     det = make_detector(config)
     tx = make_optimizer(config)
     per_epoch = input_pipeline.steps_per_epoch(len(train_images), config.stage2.batch_size)
-    num_steps = config.stage2.epochs * per_epoch
-    ckpt = checkpoint.manager(f"{workdir}/checkpoints/stage2", config.max_checkpoints_to_keep)
-    target = abstract_state(det, model, frozen, tx, train_images.shape[1:], mesh)
-    state = checkpoint.restore_latest(ckpt, target)
-    start = 0 if state is None else int(parallel.fetch(state.step))
-    if restore_only and start < num_steps:
-        raise FileNotFoundError(f"{workdir} holds no finished stage-2 checkpoint (found step {start} of "
-                                f"{num_steps}); run with --mode=train first")
-    if state is None:
-        state = create_state(config, det, model, frozen, tx, train_images, ~labelled_anomaly, mesh)
-    if start < num_steps:
+
+    def make_step():
         step_fn = make_train_step(det, model, tx, config, mesh)
-        batches = input_pipeline.train_batches({"image": train_images, "labelled_anomaly": labelled_anomaly},
-                                               config.stage2.batch_size, config.seed + 1, start, num_steps, mesh)
-        state = loop.run(lambda s, b: step_fn(s, b, frozen), state, batches, num_steps=num_steps, writer=writer,
-                         ckpt=ckpt, log_every=config.log_every_steps,
-                         checkpoint_every=config.checkpoint_every_steps, prefix="stage2", start_step=start)
-    ckpt.close()
+        return lambda state, batch: step_fn(state, batch, frozen)
+
+    stage = loop.Stage(
+        name="stage2", num_steps=config.stage2.epochs * per_epoch,
+        abstract_state=lambda: abstract_state(det, model, frozen, tx, train_images.shape[1:], mesh),
+        create_state=lambda: create_state(config, det, model, frozen, tx, train_images, ~labelled_anomaly, mesh),
+        make_step=make_step, arrays={"image": train_images, "labelled_anomaly": labelled_anomaly},
+        batch_size=config.stage2.batch_size, data_seed=config.seed + 1)
+    state = loop.run_stage(stage, config, workdir, mesh, writer, restore_only=restore_only)
     return det, state
 
 

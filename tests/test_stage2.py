@@ -40,6 +40,30 @@ def test_no_gradient_reaches_the_frozen_encoder_and_memories(tiny_config, random
     assert any(float(jnp.max(jnp.abs(g))) > 0.0 for g in jax.tree.leaves(g_det))
 
 
+def test_stage2_loss_matches_a_float64_reference(tiny_config, random_images):
+    """Deep SAD over scales: normal rows add d, labelled anomalies eta / (d + eps), mean over rows."""
+    config = tiny_config()
+    images = random_images(6)
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    model, frozen = _frozen(config, images, mesh)
+    det = stage2.make_detector(config)
+    deviations = stage2.deviation_maps(stage2.frozen_outputs(model, frozen, input_pipeline.to_float(images)),
+                                       det.scale_names)
+    params = det.init(jax.random.key(1), deviations)
+    rng = np.random.default_rng(0)
+    centers = {n: jnp.asarray(rng.normal(size=config.stage2.embed_dim), jnp.float32) for n in det.scale_names}
+    labelled = jnp.array([False, True, False, False, True, False])
+    loss, metrics = stage2.loss_and_metrics(params, det, deviations, centers, labelled, 0.7)
+
+    embeddings = {n: np.asarray(e, np.float64) for n, e in det.apply(params, deviations).items()}
+    d = np.stack([((embeddings[n] - np.asarray(centers[n], np.float64)) ** 2).sum(-1) for n in det.scale_names], -1)
+    lab = np.asarray(labelled)
+    expected = np.where(lab[:, None], 0.7 / (d + 1e-6), d).sum(-1).mean()
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+    for i, n in enumerate(det.scale_names):
+        np.testing.assert_allclose(float(metrics[f"{n}/normal_distance"]), d[~lab, i].mean(), rtol=1e-5)
+
+
 def test_centers_are_pushed_away_from_zero():
     c = stage2.push_from_zero(np.array([0.0, 0.05, -0.05, 0.3, -2.0]), 0.1)
     np.testing.assert_allclose(c, [0.1, 0.1, -0.1, 0.3, -2.0])

@@ -32,7 +32,7 @@ def main(argv):
     size = config.image_size
     images = np.random.default_rng(0).integers(0, 256, (batch * 4, size, size, _CHANNELS.value), dtype=np.uint8)
     mesh = parallel.make_mesh()
-    model = anomem.from_config(config.model)
+    model = anomem.AnoMem(**config.model)
     tx = stage1.make_optimizer(config, 4)
     state = stage1.create_state(model, tx, config.seed, images.shape[1:], mesh)
     step = stage1.make_train_step(model, tx, stage1.Stage1Hparams.from_config(config),

@@ -20,7 +20,7 @@ from jax.sharding import Mesh
 
 from mscad_jax import checkpoint, loop, losses, parallel
 from mscad_jax.data import augment, input_pipeline
-from mscad_jax.models import anomem
+from mscad_jax.models import anomem, memory
 
 
 @flax.struct.dataclass
@@ -106,13 +106,6 @@ def abstract_state(model: anomem.AnoMem, tx: optax.GradientTransformation, seed:
     return checkpoint.abstract_like(shapes, parallel.replicated(mesh))
 
 
-def memory_usage(attention: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(entropy of the mean attention over slots, number of slots holding > 1% of it)."""
-    p = attention.reshape(-1, attention.shape[-1]).mean(axis=0)
-    entropy = -jnp.sum(p * jnp.log(jnp.clip(p, 1e-12)))
-    return entropy, jnp.sum(p > 0.01)
-
-
 def loss_and_metrics(params, batch_stats, model: anomem.AnoMem, views: jax.Array, labelled: jax.Array,
                      rotation: jax.Array, hp: Stage1Hparams):
     """L1 = sum_s lambda_s (memory NT-Xent_s + instance NT-Xent_s) + mu sum_s L_var,s
@@ -127,6 +120,7 @@ def loss_and_metrics(params, batch_stats, model: anomem.AnoMem, views: jax.Array
                                 fixed_feature_retrieval=bool(hp.reconstruction_weight), mutable=["batch_stats"])
     normal = ~labelled
     memory_anchor = normal & (rotation == 0)
+    slots = model.memory_slots(params)
     total = 0.0
     metrics = {}
     for name, weight in zip(hp.scale_names, hp.scale_weights):
@@ -137,7 +131,7 @@ def loss_and_metrics(params, batch_stats, model: anomem.AnoMem, views: jax.Array
         contrastive = 0.5 * (losses.nt_xent(u1, m2, hp.temperature, memory_anchor)
                              + losses.nt_xent(u2, m1, hp.temperature, memory_anchor))
         instance = losses.nt_xent(u1, u2, hp.temperature, normal) if hp.instance_weight else 0.0
-        variance = losses.memory_variance(params[f"memory_{name}"]["slots"])
+        variance = losses.memory_variance(slots[name])
         reconstruction = 0.0
         if hp.reconstruction_weight:
             # F_s is held fixed (also inside the attention): the memory moves towards the
@@ -150,7 +144,7 @@ def loss_and_metrics(params, batch_stats, model: anomem.AnoMem, views: jax.Array
         total = (total + weight * (hp.memory_weight * contrastive + hp.instance_weight * instance)
                  + hp.variance_weight * variance + hp.reconstruction_weight * reconstruction
                  + hp.repulsion_weight * repulsion)
-        entropy, used = memory_usage(o["attention"])
+        entropy, used = memory.usage(o["attention"])
         metrics.update({f"{name}/contrastive": contrastive, f"{name}/instance": instance,
                         f"{name}/variance": variance, f"{name}/reconstruction": reconstruction,
                         f"{name}/repulsion": repulsion, f"{name}/usage_entropy": entropy,
@@ -205,7 +199,7 @@ def make_train_step(model: anomem.AnoMem, tx: optax.GradientTransformation, hp: 
 def train(config: ml_collections.ConfigDict, train_images: np.ndarray, labelled_anomaly: np.ndarray,
           workdir: str, mesh: Mesh, writer, *, restore_only: bool = False) -> tuple[anomem.AnoMem, Stage1State]:
     """Trains stage 1 to `config.stage1.epochs`, resuming from workdir's checkpoints."""
-    model = anomem.from_config(config.model)
+    model = anomem.AnoMem(**config.model)
     per_epoch = input_pipeline.steps_per_epoch(len(train_images), config.stage1.batch_size)
     tx = make_optimizer(config, per_epoch)
     image_shape = train_images.shape[1:]

@@ -232,7 +232,7 @@ def make_score_fn(det: detector.MultiScaleDetector | None, model: anomem.AnoMem,
             out[f"map/{n}"] = jax.image.resize(energy, (x.shape[0],) + x.shape[1:3], "bilinear")
             out[f"feature/{n}"] = outputs[n]["features"].mean(axis=(1, 2))
             if not model.projected_memory:  # slots live in feature space only in the cosine form
-                slots = frozen["params"][f"memory_{n}"]["slots"]
+                slots = model.memory_slots(frozen["params"])[n]
                 nearest = jnp.max(losses.l2_normalize(outputs[n]["features"]) @ losses.l2_normalize(slots).T, -1)
                 out[f"patch_memory/{n}"] = jnp.max(1.0 - nearest, axis=(1, 2))
             if patches:

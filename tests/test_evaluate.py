@@ -44,7 +44,7 @@ def test_scores_statistics_and_fusion_match_a_numpy_reference(tiny_config, rando
     test_images = random_images(10, seed=1)
     labels = np.array([0, 1] * 5, np.int32)
     mesh = parallel.make_mesh(jax.devices()[:2])
-    model = anomem.from_config(config.model)
+    model = anomem.AnoMem(**config.model)
     s1 = stage1.create_state(model, stage1.make_optimizer(config, 1), 0, train_images.shape[1:], mesh)
     frozen = {"params": s1.params, "batch_stats": s1.batch_stats}
     det = stage2.make_detector(config)
@@ -103,7 +103,7 @@ def test_a_scorer_the_model_lacks_is_refused(tiny_config, random_images, tmp_pat
     names = anomem.scale_names(config.model.scales)
     images = random_images(8)
     mesh = parallel.make_mesh(jax.devices()[:1])
-    model = anomem.from_config(config.model)
+    model = anomem.AnoMem(**config.model)
     s1 = stage1.create_state(model, stage1.make_optimizer(config, 1), 0, images.shape[1:], mesh)
     frozen = {"params": s1.params, "batch_stats": s1.batch_stats}
     data = protocols.ProtocolData(images, np.zeros(8, bool), images, np.array([0, 1] * 4, np.int32),

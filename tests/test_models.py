@@ -1,5 +1,7 @@
 """ResNet stage maps, the Hopfield memory and the AnoMem / detector modules."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -109,3 +111,22 @@ def test_rotation_head_predicts_four_classes_from_the_deepest_scale():
     assert out[anomem.ROTATION_LOGITS].shape == (3, anomem.NUM_ROTATIONS)
     assert variables["params"]["rotation_head"]["kernel"].shape == (16, anomem.NUM_ROTATIONS)  # scale 3: 4 * 2**2
     np.testing.assert_array_equal(anomem.rotate(anomem.rotate(x, 1), 3), x)
+
+
+def test_memory_usage_counts_slots_over_one_percent():
+    attention = np.zeros((2, 3, 3, 4), np.float32)
+    attention[..., 0] = 0.5
+    attention[..., 1] = 0.495
+    attention[..., 2] = 0.005
+    entropy, used = memory.usage(attention)
+    assert int(used) == 2
+    assert 0 < float(entropy) < np.log(4)
+
+
+def test_model_is_built_from_the_config_section_as_is():
+    """AnoMem's fields are the config's model fields: `AnoMem(**config.model)`."""
+    from mscad_jax import config as config_lib
+
+    model = anomem.AnoMem(**config_lib.base_config().model)
+    assert model.depth == 18 and model.dtype == "float32"
+    assert set(config_lib.base_config().model) <= {f.name for f in dataclasses.fields(model)}

@@ -12,7 +12,7 @@ from mscad_jax.models import anomem
 
 def _setup(config, images, devices):
     mesh = parallel.make_mesh(devices)
-    model = anomem.from_config(config.model)
+    model = anomem.AnoMem(**config.model)
     per_epoch = input_pipeline.steps_per_epoch(len(images), config.stage1.batch_size)
     tx = stage1.make_optimizer(config, per_epoch)
     hp = stage1.Stage1Hparams.from_config(config)
@@ -78,7 +78,7 @@ def test_train_step_compiles_once_and_lowers_the_loss(tiny_config, random_images
 
 
 def test_decay_mask_excludes_norms_biases_and_memory_slots(tiny_config):
-    model = anomem.from_config(tiny_config().model)
+    model = anomem.AnoMem(**tiny_config().model)
     params = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((2, 8, 8, 1), np.float32),
                                                train=False))["params"]
     mask = stage1.decay_mask(params)
@@ -99,16 +99,6 @@ def test_learning_rate_warms_up_then_decays(tiny_config):
     assert float(schedule(20)) == pytest.approx(peak)
     assert float(schedule(10)) == pytest.approx(peak / 2)
     assert float(schedule(99)) < 0.01 * peak
-
-
-def test_memory_usage_counts_slots_over_one_percent():
-    attention = np.zeros((2, 3, 3, 4), np.float32)
-    attention[..., 0] = 0.5
-    attention[..., 1] = 0.495
-    attention[..., 2] = 0.005
-    entropy, used = stage1.memory_usage(attention)
-    assert int(used) == 2
-    assert 0 < float(entropy) < np.log(4)
 
 
 def test_loop_raises_on_non_finite_loss_naming_the_step(tmp_path):
@@ -186,7 +176,7 @@ def test_stage1_loss_with_labelled_anomalies_and_every_term_matches_reference(ti
         "stage1.reconstruction_weight": 0.5, "stage1.repulsion_weight": 0.9, "stage1.repulsion_margin": 0.1,
         "stage1.rotation_weight": 0.6})
     hp = stage1.Stage1Hparams.from_config(config)
-    model = anomem.from_config(config.model)
+    model = anomem.AnoMem(**config.model)
     variables = model.init(jax.random.key(1), np.zeros((2, 8, 8, 1), np.float32), train=False)
     labelled_images = np.array([False, True, False])
     views, rotation = stage1.shifted_views(jax.random.key(2), input_pipeline.to_float(random_images(3)), hp)
@@ -224,7 +214,7 @@ def test_reconstruction_moves_the_memory_not_the_encoder(tiny_config, random_ima
     config = tiny_config(**{"stage1.memory_weight": 0.0, "stage1.variance_weight": 0.0,
                             "stage1.reconstruction_weight": 1.0})
     hp = stage1.Stage1Hparams.from_config(config)
-    model = anomem.from_config(config.model)
+    model = anomem.AnoMem(**config.model)
     variables = model.init(jax.random.key(1), np.zeros((2, 8, 8, 1), np.float32), train=False)
     views, rotation = stage1.shifted_views(jax.random.key(2), input_pipeline.to_float(random_images(4)), hp)
     grads = jax.grad(lambda p: stage1.loss_and_metrics(p, variables["batch_stats"], model, views,

@@ -12,7 +12,7 @@ from mscad_jax.models import anomem
 
 
 def _frozen(config, images, mesh):
-    model = anomem.from_config(config.model)
+    model = anomem.AnoMem(**config.model)
     tx = stage1.make_optimizer(config, 1)
     state = stage1.create_state(model, tx, config.seed, images.shape[1:], mesh)
     return model, {"params": state.params, "batch_stats": state.batch_stats}

@@ -7,7 +7,6 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from mscad_jax.models.memory import HopfieldMemory
 from mscad_jax.models.resnet import ResNet
@@ -65,15 +64,19 @@ class AnoMem(nn.Module):
     key_dim: int = 64
     proj_dim: int = 128
     deviation: str = "difference"
-    dtype: Any = jnp.float32
+    dtype: Any = "float32"  # compute dtype: a name ('float32', 'bfloat16') or a jnp dtype
     rotation_head: bool = False
+
+    def memory_slots(self, params: dict) -> dict[str, jnp.ndarray]:
+        """{scale name: the memory's stored patterns [num_slots, C_s]} from the model's params."""
+        return {name: params[f"memory_{name}"]["slots"] for name in scale_names(self.scales)}
 
     @nn.compact
     def __call__(self, x, train: bool, heads: bool = True,
                  fixed_feature_retrieval: bool = False) -> dict[str, dict[str, jnp.ndarray]]:
         """With `fixed_feature_retrieval`, each scale also holds 'retrieved_fixed': the
         retrieval for stop_gradient(F_s), through which only the memory can learn."""
-        stage_maps = ResNet(self.depth, self.width, self.dtype, name="encoder")(x, train)
+        stage_maps = ResNet(self.depth, self.width, jnp.dtype(self.dtype), name="encoder")(x, train)
         out = {}
         for s in self.scales:
             name = f"scale{s}"
@@ -101,11 +104,3 @@ class AnoMem(nn.Module):
 
 def scale_names(scales: Sequence[int]) -> list[str]:
     return [f"scale{s}" for s in scales]
-
-
-def from_config(model_config: ml_collections.ConfigDict) -> AnoMem:
-    return AnoMem(depth=model_config.depth, width=model_config.width, scales=tuple(model_config.scales),
-                  num_slots=model_config.num_slots, beta=model_config.beta,
-                  projected_memory=model_config.projected_memory, key_dim=model_config.key_dim,
-                  proj_dim=model_config.proj_dim, deviation=model_config.deviation, dtype=jnp.dtype(model_config.dtype),
-                  rotation_head=model_config.rotation_head)

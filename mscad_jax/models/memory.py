@@ -2,7 +2,8 @@
 
 Default (cosine) form: a = softmax(beta * cos(f, M)), r = a @ M. The projected form
 softmax(beta * (f Wq)(M Wk)^T) (M Wk Wv) is behind `projected=True`. The stored
-patterns are the `slots` param, an explicit leaf of the params pytree.
+patterns are the `slots` param, an explicit leaf of the params pytree (reach them
+through `AnoMem.memory_slots`). `usage` gives the memory's diagnostics.
 """
 
 from __future__ import annotations
@@ -11,12 +12,20 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mscad_jax.losses import l2_normalize
+
 
 def cosine_attention(queries: jnp.ndarray, slots: jnp.ndarray, beta: float) -> jnp.ndarray:
     """softmax over slots of beta * cos(query, slot); queries [..., C], slots [N, C]."""
-    q = queries / jnp.sqrt(jnp.sum(queries**2, axis=-1, keepdims=True) + 1e-12)
-    k = slots / jnp.sqrt(jnp.sum(slots**2, axis=-1, keepdims=True) + 1e-12)
-    return jax.nn.softmax(beta * q @ k.T, axis=-1)
+    return jax.nn.softmax(beta * l2_normalize(queries) @ l2_normalize(slots).T, axis=-1)
+
+
+def usage(attention: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Diagnostics of a memory's attention [..., N]: (entropy of the mean attention over
+    slots, number of slots holding more than 1% of it)."""
+    p = attention.reshape(-1, attention.shape[-1]).mean(axis=0)
+    entropy = -jnp.sum(p * jnp.log(jnp.clip(p, 1e-12)))
+    return entropy, jnp.sum(p > 0.01)
 
 
 class HopfieldMemory(nn.Module):

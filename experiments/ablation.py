@@ -20,7 +20,7 @@ from absl import app, flags
 
 import sweep_classes  # the same flags and the same resumable run
 from mscad_jax import config as config_lib
-from mscad_jax import cli, logs, metrics
+from mscad_jax import cli, files, logs, report
 
 # Variant name -> config overrides relative to the chosen config.
 VARIANTS: dict[str, dict] = {
@@ -69,12 +69,12 @@ def main(argv):
         rows.append(row)
     flag_text = " ".join(a for a in sys.argv[1:] if a.startswith("--config"))
     text = (f"# Ablation, `{flag_text}`, seeds {','.join(map(str, seeds))}\n\n"
-            f"{metrics.results_table(rows)}\n"
+            f"{report.results_table(rows)}\n"
             "AUROC per class is the configured scorer; the 'mean <scorer>' columns are each scorer alone "
             "(detector: stage-2 distances; A0: training-free deviation energy; kNN: cosine kNN on pooled "
             "features; rotation: the rotation head). The last row averages the variants, ignore it.\n")
     for path in filter(None, (os.path.join(sweep_classes._WORKDIR.value, "ablation.md"), sweep_classes._OUT.value)):
-        with metrics.atomic_write(path) as f:
+        with files.atomic_write(path) as f:
             f.write(text)
     print(text)
 

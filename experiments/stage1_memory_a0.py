@@ -23,7 +23,7 @@ from absl import app, flags
 from clu import metric_writers
 
 from mscad_jax import config as config_lib
-from mscad_jax import cli, evaluate, logs, metrics, parallel, plots, stage1, stage2
+from mscad_jax import cli, evaluate, fusion, logs, metrics, parallel, plots, stage1, stage2
 from mscad_jax.data import protocols
 from mscad_jax.models import anomem
 
@@ -54,9 +54,9 @@ def _a0_aurocs(config, data, model, frozen, names, mesh) -> dict[str, float]:
                                          keep_maps=False)
     test = evaluate.score_images(score_fn, (frozen, None, None), data.test_images, config.eval.batch_size, mesh,
                                  keep_maps=False)
-    stats = evaluate.normal_statistics(train_scores)
+    stats = fusion.normal_statistics(train_scores)
     out = metrics.per_scale_auroc({n: test[f"a0/{n}"] for n in names}, data.test_labels)
-    out["combined"] = metrics.image_metrics(evaluate.combine(test, stats, "a0", names, (1.0,) * len(names)),
+    out["combined"] = metrics.image_metrics(fusion.combine(test, stats, "a0", names, (1.0,) * len(names)),
                                             data.test_labels)["auroc"]
     return out
 

@@ -27,7 +27,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from mscad_jax import config as config_lib
-from mscad_jax import cli, logs, metrics, train
+from mscad_jax import cli, files, logs, report, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/<name>.py[:args]).",
                                           lock_config=True)
@@ -136,12 +136,12 @@ def main(argv):
     known = (f"; labelled anomalies from one known class, {_KNOWN_PER_CLASS.value} seeded classes per normal "
              "class, averaged" if _KNOWN_PER_CLASS.value else "")
     text = (f"# One-vs-rest, `{flag_text}`, seeds {','.join(map(str, seeds))}{known}\n\n"
-            f"{metrics.results_table(rows, keys)}\n"
+            f"{report.results_table(rows, keys)}\n"
             f"AUROC is the configured scorer (`eval.scorer={'+'.join(config_lib.scorer_names(base))}`); detector, A0, kNN and "
             f"rotation are each scorer alone; the floor is raw-pixel 5-NN on the same split.\n"
             f"References (mean AUROC %): {REFERENCES.get(dataset, 'see DESIGN.md section 3')}.\n")
     for path in filter(None, (os.path.join(_WORKDIR.value, "results.md"), _OUT.value)):
-        with metrics.atomic_write(path) as f:
+        with files.atomic_write(path) as f:
             f.write(text)
     print(text)
 

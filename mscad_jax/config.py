@@ -112,7 +112,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 512  # Global batch for scoring.
     c.eval.score_weights = ()  # w_s per configured scale for the final score; () = all 1.
-    c.eval.scorer = ("detector",)  # Standardised scorers summed into the score; see mscad_jax.evaluate.SCORERS.
+    c.eval.scorer = ("detector",)  # Standardised scorers summed into the score; see mscad_jax.fusion.SCORERS.
     c.eval.knn_rotations = False  # knn on the pooled features of the image at all four rotations (test-time ensemble).
     c.eval.knn_k = 5  # Neighbours of the knn scorer (cosine distance of pooled features to normal training images).
     c.eval.pixel_floor = True  # Also report the raw-pixel 5-NN AUROC of the same split (the floor to clear).
@@ -304,7 +304,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         _fail("data_dir", config.data_dir, "directory does not exist")
     # Allowed values come from the registries that implement them (imported here: they pull in JAX).
     from mscad_jax.data.anomalies import LOCAL_ANOMALIES, SEVERITIES, STYLE_CORRUPTIONS
-    from mscad_jax.evaluate import SCORERS
+    from mscad_jax.fusion import SCORERS
     from mscad_jax.models.anomem import DEVIATIONS
     from mscad_jax.models.detector import POOLINGS
     from mscad_jax.models.resnet import RESNET_LAYOUTS

@@ -23,7 +23,7 @@ from absl import logging
 from jax.sharding import Mesh
 
 from mscad_jax import config as config_lib
-from mscad_jax import knn, metrics, parallel, plots
+from mscad_jax import files, fusion, knn, metrics, parallel, plots
 from mscad_jax.data import input_pipeline, protocols, sources
 
 # Normal training images used to measure mu_s, sigma_s (a seeded subset when larger).
@@ -40,17 +40,6 @@ def score_images(score_fn: Callable, args: tuple, images: np.ndarray, batch_size
             if keep_maps or not k.startswith("map/"):
                 chunks.setdefault(k, []).append(v[:valid])
     return {k: np.concatenate(v) for k, v in chunks.items()}
-
-
-# Scorer name (config `eval.scorer`) -> prefix of its per-scale score keys; None: one key.
-SCORERS: dict[str, str | None] = {"detector": "a", "a0": "a0", "knn": "knn", "rotation": None,
-                                  "patch_memory": "patch_memory", "patch_knn": "patch_knn"}
-
-
-def normal_statistics(scores: dict[str, np.ndarray]) -> dict[str, tuple[float, float]]:
-    """(mean, std) of every scalar score on normal training data."""
-    return {k: (float(v.mean()), float(v.std())) for k, v in scores.items()
-            if not k.startswith(("map/", "feature/", "patches/"))}
 
 
 def add_knn_scores(train: dict[str, np.ndarray], test: dict[str, np.ndarray], names: list[str], k: int) -> None:
@@ -84,32 +73,6 @@ def add_patch_knn_scores(train: dict[str, np.ndarray], test: dict[str, np.ndarra
     return held_out
 
 
-def scorer_scores(scores: dict[str, np.ndarray], stats: dict[str, tuple[float, float]], names: list[str],
-                  weights: tuple[float, ...]) -> dict[str, np.ndarray]:
-    """Each available scorer's image score, its scales fused with the normal statistics."""
-    out = {}
-    for scorer, prefix in SCORERS.items():
-        if prefix is None:
-            if scorer in scores:
-                out[scorer] = scores[scorer]
-        elif f"{prefix}/{names[0]}" in scores:
-            out[scorer] = combine(scores, stats, prefix, names, weights)
-    return out
-
-
-def combine(scores: dict[str, np.ndarray], stats: dict[str, tuple[float, float]], kind: str,
-            names: list[str], weights: tuple[float, ...]) -> np.ndarray:
-    """Standardised weighted sum of the per-scale scores `kind/<scale>`."""
-    keys = [f"{kind}/{n}" for n in names]
-    return metrics.combine_scores({k: scores[k] for k in keys}, {k: stats[k] for k in keys},
-                                  dict(zip(keys, weights)))
-
-
-def localisation_maps(scores: dict[str, np.ndarray], stats: dict[str, tuple[float, float]],
-                      names: list[str], weights: tuple[float, ...]) -> np.ndarray:
-    return sum(w * scores[f"map/{n}"] / max(stats[f"a0/{n}"][0], 1e-12) for n, w in zip(names, weights))
-
-
 def evaluate(config: ml_collections.ConfigDict, data: protocols.ProtocolData, score_fn: Callable,
              score_args: tuple, names: list[str], workdir: str, mesh: Mesh, writer=None,
              pooled_fn: Callable | None = None, pooled_args: tuple = ()) -> dict[str, Any]:
@@ -123,24 +86,24 @@ def evaluate(config: ml_collections.ConfigDict, data: protocols.ProtocolData, sc
     train = score_images(score_fn, score_args, normal_train, config.eval.batch_size, mesh, keep_maps=False)
     test = score_images(score_fn, score_args, data.test_images, config.eval.batch_size, mesh)
     add_knn_scores(train, test, names, config.eval.knn_k)
-    stats = normal_statistics(train)
+    stats = fusion.normal_statistics(train)
     if config.eval.patch_knn:
         held_out = add_patch_knn_scores(train, test, names, config.eval.patch_bank_size, config.seed)
-        stats |= normal_statistics(held_out)
+        stats |= fusion.normal_statistics(held_out)
         train |= held_out  # the scorer-level statistics come from the held-out half too
     labels = data.test_labels
 
-    train_by_scorer = scorer_scores(train, stats, names, weights)
-    test_by_scorer = scorer_scores(test, stats, names, weights)
+    train_by_scorer = fusion.scorer_scores(train, stats, names, weights)
+    test_by_scorer = fusion.scorer_scores(test, stats, names, weights)
     chosen = config_lib.scorer_names(config)
     missing = [s for s in chosen if s not in test_by_scorer]
     if missing:
         raise ValueError(f"eval.scorer names {missing}, which this model does not produce "
                          f"(available: {', '.join(test_by_scorer)})")
     # Scorers are standardised once more so that each weighs the same in the sum.
-    final = sum(metrics.standardize(test_by_scorer[s], train_by_scorer[s].mean(), train_by_scorer[s].std())
+    final = sum(fusion.standardize(test_by_scorer[s], train_by_scorer[s].mean(), train_by_scorer[s].std())
                 for s in chosen)
-    maps = localisation_maps(test, stats, names, weights)
+    maps = fusion.localisation_maps(test, stats, names, weights)
     image = metrics.image_metrics(final, labels)
     auroc_of = lambda s: metrics.image_metrics(test_by_scorer[s], labels)["auroc"] if s in test_by_scorer else None  # noqa: E731
     per_scale = lambda prefix: metrics.per_scale_auroc({n: test[f"{prefix}/{n}"] for n in names}, labels) \
@@ -179,24 +142,9 @@ def evaluate(config: ml_collections.ConfigDict, data: protocols.ProtocolData, sc
         if config.eval.plots:
             write_plots(os.path.join(workdir, "plots"), final, labels, data.test_images, maps,
                         config.eval.num_top_anomalies)
-        write_scores_csv(os.path.join(workdir, "scores.csv"), final, data, test_by_scorer, test, names)
+        files.write_scores_csv(os.path.join(workdir, "scores.csv"), final, data.test_classes, data.test_labels,
+                               test_by_scorer, test, names)
     return results
-
-
-def write_scores_csv(path: str, final: np.ndarray, data: protocols.ProtocolData,
-                     by_scorer: dict[str, np.ndarray], per_image: dict[str, np.ndarray], names: list[str]) -> None:
-    """One row per test image: index, source class, anomaly label, final score, each
-    scorer's score and every per-scale score (written atomically)."""
-    import csv
-
-    per_scale = [f"{prefix}/{n}" for prefix in ("a", "a0", "knn") for n in names if f"{prefix}/{n}" in per_image]
-    columns = {"index": np.arange(len(final)), "class": data.test_classes, "is_anomaly": data.test_labels,
-               "score": final, **by_scorer, **{k: per_image[k] for k in per_scale}}
-    with metrics.atomic_write(path) as f:
-        out = csv.writer(f)
-        out.writerow(columns)
-        for row in zip(*columns.values()):
-            out.writerow([f"{v:.9g}" if isinstance(v, (float, np.floating)) else v for v in row])
 
 
 def _scalars(results: dict[str, Any]) -> dict[str, float]:

@@ -26,7 +26,8 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
 
-from mscad_jax.metrics import _as_binary_labels, atomic_write, validate_scores_labels  # noqa: E402
+from mscad_jax.files import atomic_write  # noqa: E402
+from mscad_jax.metrics import _as_binary_labels, validate_scores_labels  # noqa: E402
 
 __all__ = [
     "plot_loss_curves",

@@ -19,13 +19,10 @@ from absl import logging
 from clu import metric_writers
 
 from mscad_jax import config as config_lib
-from mscad_jax import evaluate, logs, metrics, parallel, stage1, stage2
+from mscad_jax import evaluate, files, logs, parallel, report, stage1, stage2
 from mscad_jax.data import input_pipeline, protocols
 from mscad_jax.models import anomem
 
-SUMMARY_KEYS = ("dataset", "protocol", "normal_class", "scorer", "auroc", "aupr", "fpr95", "auroc_detector",
-                "auroc_training_free", "auroc_knn", "auroc_rotation", "auroc_pixel_knn_floor", "pixel_auroc",
-                "linear_eval_accuracy", "num_test", "num_anomalies")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mode: str = "train") -> dict[str, Any]:
@@ -45,7 +42,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mode: st
     # Only now, with the config and data known to work, does anything go to the workdir.
     os.makedirs(workdir, exist_ok=True)
     if jax.process_index() == 0:
-        metrics.write_json_atomic(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
+        files.write_json_atomic(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
     restore_only = mode == "evaluate"
     names = anomem.scale_names(config.model.scales)
     with logs.LogFile(os.path.join(workdir, "log.txt"), enabled=jax.process_index() == 0):
@@ -64,15 +61,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mode: st
             writer.close()
     results["wall_time_s"] = time.time() - start
     if jax.process_index() == 0:
-        metrics.write_json_atomic(os.path.join(workdir, "results.json"), results)
-        print(format_summary(results))
+        files.write_json_atomic(os.path.join(workdir, "results.json"), results)
+        print(report.format_summary(results))
     return results
-
-
-def format_summary(results: dict[str, Any]) -> str:
-    """The headline results as a two-column markdown table."""
-    rows = ["| result | value |", "|---|---|"]
-    for k in SUMMARY_KEYS:
-        v = results.get(k)
-        rows.append(f"| {k} | {'-' if v is None else f'{v:.4f}' if isinstance(v, float) else v} |")
-    return "\n".join(rows)

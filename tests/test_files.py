@@ -1,0 +1,66 @@
+"""Atomic result-file writing."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from mscad_jax import files
+
+
+# ---------------------------------------------------------------------------
+# write_json_atomic
+# ---------------------------------------------------------------------------
+
+
+def test_write_json_atomic_roundtrip_numpy_and_no_temp_left(tmp_path):
+    obj = {
+        "auroc": np.float32(0.5),
+        "count": np.int64(7),
+        "flag": np.bool_(True),
+        "arr": np.arange(3, dtype=np.int32),
+        "nested": {"m": np.array([[0.25, 0.5]])},
+        "plain": [1, "a", None],
+    }
+    path = tmp_path / "sub" / "results.json"
+    files.write_json_atomic(path, obj)
+    assert os.listdir(path.parent) == ["results.json"]
+    loaded = json.loads(path.read_text())
+    assert loaded == {
+        "auroc": 0.5,
+        "count": 7,
+        "flag": True,
+        "arr": [0, 1, 2],
+        "nested": {"m": [[0.25, 0.5]]},
+        "plain": [1, "a", None],
+    }
+    assert type(loaded["count"]) is int and type(loaded["flag"]) is bool
+
+
+def test_write_json_atomic_overwrites(tmp_path):
+    path = tmp_path / "r.json"
+    files.write_json_atomic(path, {"v": 1})
+    files.write_json_atomic(str(path), {"v": 2})
+    assert json.loads(path.read_text()) == {"v": 2}
+    assert os.listdir(tmp_path) == ["r.json"]
+
+
+def test_write_json_atomic_failure_keeps_old_file_and_no_temp(tmp_path):
+    path = tmp_path / "r.json"
+    files.write_json_atomic(path, {"v": 1})
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        files.write_json_atomic(path, {"v": object()})
+    assert json.loads(path.read_text()) == {"v": 1}
+    assert os.listdir(tmp_path) == ["r.json"]
+
+
+def test_atomic_write_failure_mid_write_leaves_nothing(tmp_path):
+    path = tmp_path / "out.bin"
+    with pytest.raises(RuntimeError, match="boom"):
+        with files.atomic_write(path, "wb") as f:
+            f.write(b"partial")
+            raise RuntimeError("boom")
+    assert os.listdir(tmp_path) == []

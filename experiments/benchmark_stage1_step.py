@@ -1,6 +1,6 @@
 """Throughput of the jitted stage-1 train step (images/s; each image is two views).
 
-  python experiments/benchmark_stage1_step.py --config_file=configs/fashion_mnist.py --config_arg=cpu=True
+  python experiments/benchmark_stage1_step.py --config=configs/fashion_mnist.py:cpu=True
 
 Random uint8 images of the config's shape; the first step (compilation) is timed apart.
 """
@@ -13,21 +13,23 @@ import time
 import jax
 import numpy as np
 from absl import app, flags
+from ml_collections import config_flags
 
 from mscad_jax import config as config_lib
 from mscad_jax import cli, parallel, stage1
 from mscad_jax.data import input_pipeline
 from mscad_jax.models import anomem
 
-_CONFIG_FILE = flags.DEFINE_string("config_file", "configs/fashion_mnist.py", "Experiment config file.")
-_CONFIG_ARG = flags.DEFINE_string("config_arg", "cpu=True", "Argument string for the config file.")
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/<name>.py[:args]).",
+                                          lock_config=True)
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps after the compiling one.")
 _CHANNELS = flags.DEFINE_integer("channels", 1, "Image channels.")
 
 
 def main(argv):
     del argv
-    config = config_lib.load_config_file(_CONFIG_FILE.value, _CONFIG_ARG.value)
+    config = _CONFIG.value
+    config_lib.validate(config, num_devices=jax.device_count())
     batch = config.stage1.batch_size
     size = config.image_size
     images = np.random.default_rng(0).integers(0, 256, (batch * 4, size, size, _CHANNELS.value), dtype=np.uint8)
@@ -48,10 +50,13 @@ def main(argv):
         state, metrics = step(state, b)
     jax.block_until_ready(metrics)
     seconds = time.perf_counter() - start
-    print(f"{_CONFIG_FILE.value}:{_CONFIG_ARG.value} on {jax.device_count()} {jax.devices()[0].platform} device(s): "
+    flag_text = " ".join(a for a in sys.argv[1:] if a.startswith("--config"))
+    print(f"{flag_text} on {jax.device_count()} {jax.devices()[0].platform} device(s): "
           f"first step {compile_s:.1f} s, then {_STEPS.value * batch / seconds:.0f} images/s "
           f"({_STEPS.value / seconds:.2f} steps/s of batch {batch})")
 
+
+flags.mark_flags_as_required(["config"])
 
 if __name__ == "__main__":
     sys.exit(app.run(main, flags_parser=cli.parse_flags))

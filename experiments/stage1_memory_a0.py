@@ -2,7 +2,7 @@
 
 Reads a finished run's workdir (e.g. one class of the Fashion-MNIST sweep):
   TFDS_DATA_DIR=../shared/tensorflow_datasets python experiments/stage1_memory_a0.py \
-      --workdir=runs/fmnist_one_class/class0 --config_arg=cpu=True,normal_class=0 \
+      --workdir=runs/fmnist_one_class/class0 --config=configs/fashion_mnist.py:cpu=True,normal_class=0 \
       --out=experiments/results/stage1_fmnist_class0.md
 
 Reports the stage-1 loss curve and memory usage (from the run's TensorBoard events), the
@@ -21,6 +21,7 @@ import jax
 import numpy as np
 from absl import app, flags
 from clu import metric_writers
+from ml_collections import config_flags
 
 from mscad_jax import config as config_lib
 from mscad_jax import cli, evaluate, fusion, logs, metrics, parallel, plots, stage1, stage2
@@ -28,11 +29,10 @@ from mscad_jax.data import protocols
 from mscad_jax.models import anomem
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A finished run's workdir.", required=True)
-_CONFIG_ARG = flags.DEFINE_string("config_arg", "cpu=True,normal_class=0", "Args for configs/fashion_mnist.py.")
+_CONFIG = config_flags.DEFINE_config_file("config", None, "The run's config (configs/<name>.py[:args]).",
+                                          lock_config=True)
 _OUT = flags.DEFINE_string("out", None, "Markdown report path.", required=True)
-
-
-CONFIG_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "configs", "fashion_mnist.py")
+flags.mark_flags_as_required(["config"])
 
 
 def _events(workdir: str) -> dict[str, list[tuple[int, float]]]:
@@ -64,7 +64,8 @@ def _a0_aurocs(config, data, model, frozen, names, mesh) -> dict[str, float]:
 def main(argv):
     del argv
     logs.setup_console()
-    config = config_lib.load_config_file(CONFIG_FILE, _CONFIG_ARG.value)
+    config = _CONFIG.value
+    config_lib.validate(config)
     mesh = parallel.make_mesh()
     data = protocols.build_protocol(config)
     writer = metric_writers.create_default_writer(None, just_logging=True)
@@ -84,12 +85,13 @@ def main(argv):
 
     series = _events(_WORKDIR.value)
     loss = series.get("stage1/loss", [])
-    steps_per_sec = [v for _, v in series.get("steps_per_sec", [])][: max(1, len(loss))]
+    steps_per_sec = [v for _, v in series.get("stage1/steps_per_second", [])][: max(1, len(loss))]
     curve = {k: v for k, v in series.items() if k == "stage1/loss" or k.endswith("/contrastive")}
     plot_path = os.path.splitext(_OUT.value)[0] + "_loss.png"
     plots.plot_loss_curves({k: v for k, v in curve.items() if k.startswith("stage1/")}, plot_path)
-    lines = [f"# Stage 1 on Fashion-MNIST, `configs/fashion_mnist.py:{_CONFIG_ARG.value}`", "",
-             f"Workdir `{_WORKDIR.value}`, {len(data.train_images)} training images, "
+    flag_text = " ".join(a for a in sys.argv[1:] if a.startswith("--config"))
+    lines = [f"# Stage 1, `{flag_text}`", "",
+             f"Run `{os.path.basename(os.path.normpath(_WORKDIR.value))}`, {len(data.train_images)} training images, "
              f"{config.stage1.epochs} epochs of batch {config.stage1.batch_size}, ResNet-{config.model.depth} "
              f"width {config.model.width}, {config.model.num_slots} slots per memory, "
              f"{jax.device_count()} {jax.devices()[0].platform} device(s).", "",

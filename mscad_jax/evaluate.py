@@ -134,7 +134,7 @@ def evaluate(config: ml_collections.ConfigDict, data: protocols.ProtocolData, sc
         "score_stats": {k: {"mean": m, "std": s} for k, (m, s) in stats.items()},
     }
     if config.eval.linear_eval and pooled_fn is not None:
-        results["linear_eval_accuracy"] = linear_eval(config, pooled_fn, pooled_args, mesh)
+        results["linear_eval_accuracy"] = linear_eval(config, data.probe, pooled_fn, pooled_args, mesh)
     if jax.process_index() == 0:
         if writer is not None:
             writer.write_scalars(0, {f"eval/{k}": v for k, v in _scalars(results).items()})
@@ -166,24 +166,18 @@ def write_plots(directory: str, scores: np.ndarray, labels: np.ndarray, images: 
                              os.path.join(directory, "top_anomalies.png"), k=k)
 
 
-def linear_eval(config: ml_collections.ConfigDict, pooled_fn: Callable, pooled_args: tuple, mesh: Mesh) -> float:
-    """Accuracy of a logistic-regression probe on frozen pooled features (all classes)."""
+def linear_eval(config: ml_collections.ConfigDict, probe: tuple[sources.Split, sources.Split], pooled_fn: Callable,
+                pooled_args: tuple, mesh: Mesh) -> float:
+    """Accuracy of a logistic-regression probe on frozen pooled features (all classes;
+    the splits come from `protocols.build_protocol`)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    channels = config_lib.DATASETS[config.dataset][2]
-    load = lambda split: sources.load_split(  # noqa: E731
-        config.dataset, split, config.image_size, channels, data_dir=config.data_dir,
-        coarse_label=config.coarse_label, image_folder_dir=config.image_folder_dir)
-    train, test = load("train"), load("test")
-    if len(train) > config.eval.linear_eval_max_examples:
-        pick = np.random.default_rng([config.seed, 8]).choice(len(train), config.eval.linear_eval_max_examples,
-                                                               replace=False)
-        train = train.take(np.sort(pick))
+    train, test = probe
     features = lambda split: score_images(pooled_fn, pooled_args, split.images, config.eval.batch_size, mesh)["pooled"]  # noqa: E731
-    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    probe.fit(features(train), train.labels)
-    accuracy = float(probe.score(features(test), test.labels))
+    probe_model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    probe_model.fit(features(train), train.labels)
+    accuracy = float(probe_model.score(features(test), test.labels))
     logging.info("linear evaluation accuracy: %.4f", accuracy)
     return accuracy

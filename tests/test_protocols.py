@@ -216,6 +216,19 @@ def test_digits_one_class_counts(digits_counts, normal_class):
     assert data.test_masks is None
 
 
+def test_linear_probe_splits_come_with_the_protocol(digits_counts):
+    """eval.linear_eval: the whole dataset with class labels, training part capped (seeded)."""
+    assert build(get_config("default")).probe is None
+    config = get_config("default", "normal_class=3")
+    config.eval.linear_eval = True
+    config.eval.linear_eval_max_examples = 500
+    train, test = build(config).probe
+    again, _ = build(config).probe
+    assert len(train) == 500 and len(test) == 540
+    assert set(np.unique(train.labels)) == set(range(10)) and set(np.unique(test.labels)) == set(range(10))
+    np.testing.assert_array_equal(train.images, again.images)
+
+
 def test_digits_one_class_training_images_are_the_normal_class():
     split = sources.load_split("digits", "train", 16, 1)
     data = build(get_config("default", "normal_class=4"))

@@ -26,6 +26,9 @@ class ProtocolData:
     test_labels: np.ndarray  # int32 [M], 1 = anomaly
     test_classes: np.ndarray  # int64 [M], source class (-1 for out-of-distribution sets)
     test_masks: np.ndarray | None  # float32 [M, S, S] anomalous pixels, when known
+    # eval.linear_eval: (train, test) of the whole dataset with class labels (train capped
+    # at eval.linear_eval_max_examples, a seeded subset), for the linear probe.
+    probe: tuple[sources.Split, sources.Split] | None = None
 
     @property
     def num_train_normal(self) -> int:
@@ -49,6 +52,18 @@ def build_protocol(config: ml_collections.ConfigDict) -> ProtocolData:
         coarse_label=config.coarse_label and name == config.dataset,
         image_folder_dir=config.image_folder_dir)
     train, test = load(config.dataset, "train"), load(config.dataset, "test")
+    data = _select(config, train, test, load)
+    if config.eval.linear_eval:
+        if len(train) > config.eval.linear_eval_max_examples:
+            pick = np.random.default_rng([config.seed, 8]).choice(len(train), config.eval.linear_eval_max_examples,
+                                                                   replace=False)
+            train = train.take(np.sort(pick))
+        data = dataclasses.replace(data, probe=(train, test))
+    return data
+
+
+def _select(config: ml_collections.ConfigDict, train: sources.Split, test: sources.Split, load) -> ProtocolData:
+    """The protocol's training and test sets, from the dataset's train and test splits."""
     rng = np.random.default_rng([config.seed, 1])
 
     if config.protocol == "ood":

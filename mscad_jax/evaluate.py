@@ -140,8 +140,7 @@ def evaluate(config: ml_collections.ConfigDict, data: protocols.ProtocolData, sc
             writer.write_scalars(0, {f"eval/{k}": v for k, v in _scalars(results).items()})
             writer.flush()
         if config.eval.plots:
-            write_plots(os.path.join(workdir, "plots"), final, labels, data.test_images, maps,
-                        config.eval.num_top_anomalies)
+            write_plots(os.path.join(workdir, "plots"), final, data, maps, config.eval.num_top_anomalies, weights)
         files.write_scores_csv(os.path.join(workdir, "scores.csv"), final, data.test_classes, data.test_labels,
                                test_by_scorer, test, names)
     return results
@@ -157,13 +156,19 @@ def _scalars(results: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def write_plots(directory: str, scores: np.ndarray, labels: np.ndarray, images: np.ndarray, maps: np.ndarray,
-                k: int) -> None:
+def write_plots(directory: str, scores: np.ndarray, data: protocols.ProtocolData, maps: np.ndarray, k: int,
+                weights: tuple[float, ...]) -> None:
+    """ROC, score histograms and the top anomalies. The heatmaps share one colour range
+    from the normal statistics: each scale's map is divided by its mean on normal
+    training images (fusion.localisation_maps), so a normal pixel sits near sum(weights);
+    the range is [0, 3 * sum(weights)] in every run."""
     os.makedirs(directory, exist_ok=True)
-    plots.plot_roc(scores, labels, os.path.join(directory, "roc.png"))
-    plots.plot_score_histograms(scores, labels, os.path.join(directory, "score_histograms.png"))
-    plots.plot_top_anomalies(images.astype(np.float32) / 255.0, maps, scores,
-                             os.path.join(directory, "top_anomalies.png"), k=k)
+    plots.plot_roc(scores, data.test_labels, os.path.join(directory, "roc.png"))
+    plots.plot_score_histograms(scores, data.test_labels, os.path.join(directory, "score_histograms.png"))
+    plots.plot_top_anomalies(data.test_images.astype(np.float32) / 255.0, maps, scores,
+                             os.path.join(directory, "top_anomalies.png"), k=k, labels=data.test_labels,
+                             classes=data.test_classes, masks=data.test_masks,
+                             heat_range=(0.0, 3.0 * float(sum(weights))))
 
 
 def linear_eval(config: ml_collections.ConfigDict, probe: tuple[sources.Split, sources.Split], pooled_fn: Callable,

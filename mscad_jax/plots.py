@@ -139,20 +139,35 @@ def top_k_indices(scores: Any, k: int) -> np.ndarray:
     return np.argsort(-s, kind="stable")[:k]
 
 
+def top_anomaly_title(index: int, score: float, label: int | None = None, cls: int | None = None) -> str:
+    """`#12 anomalous (class 3)` over an image of the top-anomalies grid, its score below."""
+    truth = "" if label is None else (" anomalous" if label else " normal")
+    source = "" if cls is None or cls < 0 else f" (class {int(cls)})"
+    return f"#{int(index)}{truth}{source}"
+
+
 def plot_top_anomalies(
     images: Any,
     heatmaps: Any,
     scores: Any,
     path: str | os.PathLike[str],
     k: int = 8,
+    *,
+    labels: Any | None = None,
+    classes: Any | None = None,
+    masks: Any | None = None,
+    heat_range: tuple[float, float] | None = None,
 ) -> str:
     """Shows the `k` highest-scoring images and their anomaly heatmaps.
 
-    Top row: the images; bottom row: the same images with the heatmap overlaid
-    (jet colormap, alpha 0.5). Each column's title is the image's score.
-    All overlays share one colour range, so colours are comparable across
-    columns. Heatmaps may have a lower resolution than the images (e.g. a
-    feature-map grid); they are stretched over the image.
+    Top row: the images, titled with their index and, given `labels` / `classes`, their
+    true label (normal / anomalous) and source class; bottom row: the same images with
+    the heatmap overlaid (jet colormap, alpha 0.5) and the score. All overlays share
+    one colour range, `heat_range` (e.g. set from normal statistics, so that the
+    colours mean the same in every run), else the range of the shown maps. Given
+    `masks`, the ground-truth anomalous region is outlined in white. Heatmaps may have
+    a lower resolution than the images (e.g. a feature-map grid); they are stretched
+    over the image.
 
     Args:
       images: [N, H, W, C] floats in [0, 1] with C = 1 or 3 ([N, H, W] is
@@ -161,6 +176,10 @@ def plot_top_anomalies(
       scores: [N] image scores used to pick the top `k`.
       path: destination PNG.
       k: number of images to show; clipped to N.
+      labels: optional [N] true labels, 1 = anomaly.
+      classes: optional [N] source classes (negative: none, e.g. another dataset).
+      masks: optional [N, H, W] ground-truth anomaly masks.
+      heat_range: optional (vmin, vmax) of the heatmap colours.
 
     Returns:
       `path` as a string.
@@ -179,15 +198,21 @@ def plot_top_anomalies(
         raise ValueError(
             f"expected heatmaps [N, h, w] and scores [N] with N={n}, got {maps.shape} and {s.shape}."
         )
+    for name, extra in (("labels", labels), ("classes", classes)):
+        if extra is not None and np.shape(extra) != (n,):
+            raise ValueError(f"{name} must have shape [{n}], got {np.shape(extra)}.")
+    if masks is not None and np.shape(masks) != imgs.shape[:3]:
+        raise ValueError(f"masks must have shape {imgs.shape[:3]}, got {np.shape(masks)}.")
     idx = top_k_indices(s, k)
     k = idx.size
     h, w = imgs.shape[1:3]
     # Clipping avoids matplotlib's "clipping input data" warning for values
     # slightly outside [0, 1] after de-normalisation.
     imgs = np.clip(imgs, 0.0, 1.0)
-    shown = maps[idx]
-    finite = shown[np.isfinite(shown)]
-    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    if heat_range is None:
+        finite = maps[idx][np.isfinite(maps[idx])]
+        heat_range = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    vmin, vmax = map(float, heat_range)
     if vmax <= vmin:
         vmax = vmin + 1.0
 
@@ -201,9 +226,12 @@ def plot_top_anomalies(
         disp = img[..., 0] if img.shape[-1] == 1 else img
         top, bottom = axes[0, col], axes[1, col]
         top.imshow(disp, **kwargs)
-        top.set_title(f"#{int(i)}  {s[i]:.3g}", fontsize=9)
+        top.set_title(top_anomaly_title(i, s[i], None if labels is None else int(np.asarray(labels)[i]),
+                                        None if classes is None else int(np.asarray(classes)[i])), fontsize=8)
         bottom.imshow(disp, **kwargs)
         bottom.imshow(maps[i], cmap="jet", alpha=0.5, vmin=vmin, vmax=vmax, extent=extent, interpolation="bilinear")
+        if masks is not None and np.any(np.asarray(masks)[i] > 0.5):
+            bottom.contour(np.asarray(masks)[i], levels=[0.5], colors="white", linewidths=1.0)
         bottom.set_title(f"score {s[i]:.3g}", fontsize=9)
         for ax in (top, bottom):
             ax.set_xticks([])

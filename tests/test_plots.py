@@ -99,6 +99,32 @@ def test_plot_top_anomalies_k_larger_than_n_and_coarse_heatmaps(tmp_path):
     assert img.shape[:2] == (440, 600)
 
 
+def test_top_anomaly_titles_say_the_true_label_and_class():
+    assert plots.top_anomaly_title(12, 3.5, 1, 3) == "#12 anomalous (class 3)"
+    assert plots.top_anomaly_title(4, 0.1, 0, 7) == "#4 normal (class 7)"
+    assert plots.top_anomaly_title(4, 0.1, 1, -1) == "#4 anomalous"  # another dataset: no class
+    assert plots.top_anomaly_title(4, 0.1) == "#4"
+
+
+def test_plot_top_anomalies_with_labels_masks_and_a_fixed_colour_range(tmp_path):
+    rng = np.random.default_rng(7)
+    images = rng.random((4, 16, 16, 1))
+    heatmaps = rng.random((4, 16, 16))
+    masks = np.zeros((4, 16, 16), np.float32)
+    masks[1, 4:9, 4:9] = 1.0
+    scores = [0.1, 0.9, 0.5, 0.3]
+    kwargs = dict(labels=[0, 1, 1, 0], classes=[2, 5, 6, 2], masks=masks, k=3)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = _check_png(plots.plot_top_anomalies(images, heatmaps, scores, tmp_path / "a" / "top.png", **kwargs,
+                                            heat_range=(0.0, 1.0)), tmp_path / "a" / "top.png")
+    b = _check_png(plots.plot_top_anomalies(images, heatmaps, scores, tmp_path / "b" / "top.png", **kwargs,
+                                            heat_range=(0.0, 10.0)), tmp_path / "b" / "top.png")
+    assert a.shape == b.shape and not np.array_equal(a, b)  # the range is applied, not recomputed per grid
+    with pytest.raises(ValueError, match="masks"):
+        plots.plot_top_anomalies(images, heatmaps, scores, tmp_path / "c.png", masks=masks[:, :8])
+
+
 def test_plot_top_anomalies_rejects_bad_shapes(tmp_path):
     with pytest.raises(ValueError, match="C in"):
         plots.plot_top_anomalies(np.zeros((2, 4, 4, 2)), np.zeros((2, 4, 4)), [0, 1], tmp_path / "x.png")

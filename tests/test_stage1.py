@@ -77,6 +77,22 @@ def test_train_step_compiles_once_and_lowers_the_loss(tiny_config, random_images
     assert losses[-3:].mean() < losses[:3].mean()
 
 
+def test_batches_and_steps_make_no_implicit_transfers(tiny_config, random_images):
+    """The loop's claim: batches go to the devices explicitly, and the step keeps its
+    metrics there until they are fetched (explicitly) at a logging step."""
+    config = tiny_config()
+    images = random_images(16)
+    mesh, state, step = _setup(config, images, jax.devices()[:1])
+    step(state, next(input_pipeline.train_batches(  # compiles outside the guard
+        {"image": images, "labelled_anomaly": np.zeros(16, bool)}, config.stage1.batch_size, 0, 0, 1, mesh))[1])
+    mesh, state, step = _setup(config, images, jax.devices()[:1])
+    arrays = {"image": images, "labelled_anomaly": np.zeros(16, bool)}
+    with jax.transfer_guard("disallow"):
+        for _, batch in input_pipeline.train_batches(arrays, config.stage1.batch_size, 0, 0, 3, mesh):
+            state, metrics = step(state, batch)
+        assert np.isfinite(parallel.fetch(metrics)["loss"])
+
+
 def test_decay_mask_excludes_norms_biases_and_memory_slots(tiny_config):
     model = anomem.AnoMem(**tiny_config().model)
     params = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((2, 8, 8, 1), np.float32),

@@ -64,6 +64,23 @@ def test_stage2_loss_matches_a_float64_reference(tiny_config, random_images):
         np.testing.assert_allclose(float(metrics[f"{n}/normal_distance"]), d[~lab, i].mean(), rtol=1e-5)
 
 
+def test_stage2_steps_make_no_implicit_transfers(tiny_config, random_images):
+    config = tiny_config(**{"stage2.synthetic_anomalies": ("rotation",)})
+    images = random_images(16)
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    model, frozen = _frozen(config, images, mesh)
+    det, tx = stage2.make_detector(config), stage2.make_optimizer(config)
+    state = stage2.create_state(config, det, model, frozen, tx, images, np.ones(16, bool), mesh)
+    step = stage2.make_train_step(det, model, tx, config, mesh)
+    arrays = {"image": images, "labelled_anomaly": np.zeros(16, bool)}
+    batches = list(input_pipeline.train_batches(arrays, config.stage2.batch_size, 1, 0, 3, mesh))
+    state, _ = step(state, batches[0][1], frozen)  # compiles outside the guard
+    with jax.transfer_guard("disallow"):
+        for _, batch in batches[1:]:
+            state, metrics = step(state, batch, frozen)
+        assert np.isfinite(parallel.fetch(metrics)["loss"])
+
+
 def test_centers_are_pushed_away_from_zero():
     c = stage2.push_from_zero(np.array([0.0, 0.05, -0.05, 0.3, -2.0]), 0.1)
     np.testing.assert_allclose(c, [0.1, 0.1, -0.1, 0.3, -2.0])

@@ -148,7 +148,8 @@ def loss_and_metrics(params, batch_stats, model: anomem.AnoMem, views: jax.Array
         metrics.update({f"{name}/contrastive": contrastive, f"{name}/instance": instance,
                         f"{name}/variance": variance, f"{name}/reconstruction": reconstruction,
                         f"{name}/repulsion": repulsion, f"{name}/usage_entropy": entropy,
-                        f"{name}/slots_used": used})
+                        f"{name}/slots_used": used,
+                        f"{name}/slot_norm": jnp.mean(jnp.linalg.norm(slots[name], axis=-1))})
     if hp.rotation_weight:
         both = jnp.concatenate([normal, normal])
         rotation_ce = losses.rotation_cross_entropy(out[anomem.ROTATION_LOGITS], jnp.concatenate([rotation, rotation]),
@@ -188,6 +189,9 @@ def make_train_step(model: anomem.AnoMem, tx: optax.GradientTransformation, hp: 
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics["grad_norm"] = optax.global_norm(grads)
+        # With BatchNorm after every conv, the loss ignores the scale of the conv weights,
+        # so their gradient grows as weight decay shrinks them: logged to tell apart.
+        metrics["encoder_norm"] = optax.global_norm(params["encoder"])
         metrics["learning_rate"] = schedule(state.step)
         new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
         return new_state, metrics

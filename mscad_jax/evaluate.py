@@ -115,6 +115,7 @@ def evaluate(config: ml_collections.ConfigDict, data: protocols.ProtocolData, sc
         "normal_class": None if config.protocol == "ood" else config.normal_class,
         "scorer": "+".join(chosen),
         **image,
+        "auroc_per_anomaly_class": metrics.auroc_per_anomaly_class(final, labels, data.test_classes),
         "auroc_detector": auroc_of("detector"),
         "auroc_per_scale": per_scale("a"),
         "auroc_training_free": auroc_of("a0"),

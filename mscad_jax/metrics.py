@@ -22,6 +22,7 @@ import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 __all__ = [
+    "auroc_per_anomaly_class",
     "fpr_at_tpr",
     "image_metrics",
     "per_scale_auroc",
@@ -157,6 +158,21 @@ def per_scale_auroc(scores_per_scale: Mapping[str, Any], labels: Any) -> dict[st
 # ---------------------------------------------------------------------------
 # Pixel-level metric
 # ---------------------------------------------------------------------------
+
+
+def auroc_per_anomaly_class(scores: Any, labels: Any, classes: Any) -> dict[str, float]:
+    """AUROC of the normal rows (label 0) against the anomalies of each source class
+    (label 1, grouped by `classes`): which kinds of anomaly the detector finds hard."""
+    s, y = validate_scores_labels(scores, labels)
+    c = np.asarray(classes)
+    if c.shape != s.shape:
+        raise ValueError(f"classes must have shape {s.shape}, got {c.shape}.")
+    normal = y == 0
+    out = {}
+    for k in np.unique(c[y == 1]):
+        rows = normal | ((y == 1) & (c == k))
+        out[str(k.item())] = float(roc_auc_score(y[rows], s[rows]))
+    return out
 
 
 def pixel_auroc(maps: Any, masks: Any | None) -> float | None:

@@ -14,7 +14,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 REQUIRED_KEYS = ("dataset", "protocol", "normal_class", "scorer", "auroc", "aupr", "fpr95", "auroc_detector",
                  "auroc_per_scale", "auroc_training_free", "auroc_knn", "auroc_knn_per_scale",
-                 "auroc_pixel_knn_floor", "pixel_auroc", "num_test", "num_anomalies")
+                 "auroc_pixel_knn_floor", "pixel_auroc", "num_test", "num_anomalies", "auroc_per_anomaly_class")
 
 
 def _check_results(workdir, expect_pixel_auroc=False):
@@ -27,6 +27,8 @@ def _check_results(workdir, expect_pixel_auroc=False):
         assert 0.0 <= results[key] <= 1.0, (key, results[key])
     assert set(results["auroc_per_scale"]) == {"scale2", "scale3", "scale4"}
     assert set(results["auroc_knn_per_scale"]) == {"scale2", "scale3", "scale4"}
+    assert all(0.0 <= v <= 1.0 for v in results["auroc_per_anomaly_class"].values())
+    assert str(results["normal_class"]) not in results["auroc_per_anomaly_class"] or results["anomaly_type"] != "object"
     with open(os.path.join(workdir, "scores.csv")) as f:
         header, *rows = f.read().splitlines()
     assert header.startswith("index,class,is_anomaly,score,detector,a0,knn") and len(rows) == results["num_test"]

@@ -180,3 +180,17 @@ def test_pixel_auroc_rejects_bad_masks():
         metrics.pixel_auroc(maps, np.zeros((1, 2, 3)))
     with pytest.raises(ValueError, match=r"masks must contain only 0"):
         metrics.pixel_auroc(maps, np.array([[[0, 255], [0, 0]]]))
+
+
+def test_auroc_per_anomaly_class_against_sklearn_on_each_subset():
+    rng = np.random.default_rng(3)
+    labels = np.array([0] * 20 + [1] * 30)
+    classes = np.array([4] * 20 + [1] * 10 + [2] * 10 + [7] * 10)
+    scores = rng.normal(size=50) + labels * np.repeat([0.0, 0.0, 2.0, -1.0, 0.5], 10)[: 50]
+    out = metrics.auroc_per_anomaly_class(scores, labels, classes)
+    assert set(out) == {"1", "2", "7"}
+    for k in (1, 2, 7):
+        rows = (labels == 0) | (classes == k)
+        assert out[str(k)] == pytest.approx(roc_auc_score(labels[rows], scores[rows]))
+    with pytest.raises(ValueError, match="classes"):
+        metrics.auroc_per_anomaly_class(scores, labels, classes[:10])

@@ -6,14 +6,6 @@ anything is written, and dispatches to train.train_and_evaluate.
 
 from __future__ import annotations
 
-import os
-
-# TensorFlow (pulled in by TFDS and clu) prints C++ notices when it loads, before any flag
-# is parsed. Here it only decodes and resizes images, which oneDNN does not touch, so its
-# oneDNN notice goes too. Set either variable yourself to bring them back.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags

@@ -24,13 +24,15 @@ def _fmt_cell(v: Any) -> str:
     return str(v).replace("|", "\\|")
 
 
-def results_table(rows: Sequence[Mapping[str, Any]], keys: Sequence[str] | None = None) -> str:
+def results_table(rows: Sequence[Mapping[str, Any]], keys: Sequence[str] | None = None,
+                  mean_row: bool = True) -> str:
     """Formats rows (e.g. one per class) as a markdown table with a mean row.
 
     Args:
       rows: one mapping per table row. Missing keys and None print as "-".
       keys: column order; defaults to the union of the rows' keys in first-seen
         order.
+      mean_row: False leaves out the mean row.
 
     Returns:
       Markdown text: header, separator, one line per row and, if any column is
@@ -49,7 +51,7 @@ def results_table(rows: Sequence[Mapping[str, Any]], keys: Sequence[str] | None 
         numeric[k] = bool(present) and all(_is_number(v) for v in present)
 
     label_col = next((k for k in keys if not numeric[k]), None)
-    extra_col = label_col is None and any(numeric.values())
+    extra_col = mean_row and label_col is None and any(numeric.values())
     header = ([""] if extra_col else []) + [_fmt_cell(k) for k in keys]
 
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
@@ -57,7 +59,7 @@ def results_table(rows: Sequence[Mapping[str, Any]], keys: Sequence[str] | None 
         cells = ([""] if extra_col else []) + [_fmt_cell(row.get(k)) for k in keys]
         lines.append("| " + " | ".join(cells) + " |")
 
-    if rows and any(numeric.values()):
+    if mean_row and rows and any(numeric.values()):
         cells = ["mean"] if extra_col else []
         for k in keys:
             if numeric[k]:

@@ -39,3 +39,9 @@ def test_results_table_without_numeric_columns_has_no_mean_row():
     table = report.results_table([{"a": "x|y"}], ["a"])
     assert "mean" not in table
     assert "x\\|y" in table
+
+
+def test_results_table_without_a_mean_row():
+    text = report.results_table([{"stage": "stage1", "flops": 2.0}, {"stage": "stage2", "flops": 4.0}],
+                                mean_row=False)
+    assert "mean" not in text and text.count("\n") == 4

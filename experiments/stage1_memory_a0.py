@@ -1,4 +1,5 @@
-"""What stage 1 buys: training-free A0 AUROC with the trained memory vs its initial slots.
+"""What stage 1 buys: A0 and kNN AUROC with the trained encoder and memory, with the
+trained encoder and the initial random slots, and with the untrained encoder.
 
 Reads a finished run's workdir (e.g. one class of the Fashion-MNIST sweep):
   TFDS_DATA_DIR=../shared/tensorflow_datasets python experiments/stage1_memory_a0.py \
@@ -6,9 +7,9 @@ Reads a finished run's workdir (e.g. one class of the Fashion-MNIST sweep):
       --out=experiments/results/stage1_fmnist_class0.md
 
 Reports the stage-1 loss curve and memory usage (from the run's TensorBoard events), the
-train-step throughput, and A0 AUROC per scale and combined, for (a) the trained encoder
-with its trained memories and (b) the same encoder with each memory reset to the
-initial random slots of the same seed.
+train-step throughput, and A0 and kNN AUROC per scale and combined, for (a) the trained
+encoder with its trained memories, (b) the same encoder with each memory reset to the
+initial random slots of the same seed, and (c) the untrained encoder and slots.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from clu import metric_writers
 from ml_collections import config_flags
 
 from mscad_jax import config as config_lib
-from mscad_jax import cli, evaluate, fusion, logs, metrics, parallel, plots, stage1, stage2
+from mscad_jax import cli, evaluate, files, fusion, logs, metrics, parallel, plots, stage1, stage2
 from mscad_jax.data import protocols
 from mscad_jax.models import anomem
 
@@ -47,17 +48,21 @@ def _events(workdir: str) -> dict[str, list[tuple[int, float]]]:
     return series
 
 
-def _a0_aurocs(config, data, model, frozen, names, mesh) -> dict[str, float]:
+def _aurocs(config, data, model, frozen, names, mesh) -> dict[str, dict[str, float]]:
+    """{'a0' | 'knn': {scale or 'combined': AUROC}} for one set of stage-1 variables."""
     score_fn = stage2.make_score_fn(None, model, mesh)
     normal = data.train_images[~data.train_labelled_anomaly]
     train_scores = evaluate.score_images(score_fn, (frozen, None, None), normal, config.eval.batch_size, mesh,
                                          keep_maps=False)
     test = evaluate.score_images(score_fn, (frozen, None, None), data.test_images, config.eval.batch_size, mesh,
                                  keep_maps=False)
+    evaluate.add_knn_scores(train_scores, test, names, config.eval.knn_k)
     stats = fusion.normal_statistics(train_scores)
-    out = metrics.per_scale_auroc({n: test[f"a0/{n}"] for n in names}, data.test_labels)
-    out["combined"] = metrics.image_metrics(fusion.combine(test, stats, "a0", names, (1.0,) * len(names)),
-                                            data.test_labels)["auroc"]
+    out = {}
+    for kind in ("a0", "knn"):
+        out[kind] = metrics.per_scale_auroc({n: test[f"{kind}/{n}"] for n in names}, data.test_labels)
+        out[kind]["combined"] = metrics.image_metrics(fusion.combine(test, stats, kind, names, (1.0,) * len(names)),
+                                                      data.test_labels)["auroc"]
     return out
 
 
@@ -80,8 +85,11 @@ def main(argv):
     for n in names:
         params[f"memory_{n}"] = initial.params[f"memory_{n}"]
     random_memory = {"params": params, "batch_stats": state.batch_stats}
-    with_trained = _a0_aurocs(config, data, model, trained, names, mesh)
-    with_random = _a0_aurocs(config, data, model, random_memory, names, mesh)
+    variants = {"trained encoder and memory": _aurocs(config, data, model, trained, names, mesh),
+                "trained encoder, initial random slots": _aurocs(config, data, model, random_memory, names, mesh),
+                "untrained (initial) encoder and slots": _aurocs(
+                    config, data, model, {"params": initial.params, "batch_stats": initial.batch_stats}, names,
+                    mesh)}
 
     series = _events(_WORKDIR.value)
     loss = series.get("stage1/loss", [])
@@ -109,15 +117,18 @@ def main(argv):
     if steps_per_sec:
         rate = np.median(steps_per_sec[1:] or steps_per_sec) * config.stage1.batch_size
         lines += ["", f"Train-step throughput during the run: {rate:.0f} images/s (median of its progress "
-                  "reports; each image is two augmented views; other jobs on the machine lower it)."]
-    lines += ["", "## Training-free A0 AUROC (%)", "", "| memory | " + " | ".join(names) + " | combined |",
-              "|---|" + "---|" * (len(names) + 1)]
-    for label, r in (("trained", with_trained), ("initial random slots", with_random)):
-        lines.append(f"| {label} | " + " | ".join(f"{100 * r[n]:.2f}" for n in names)
-                     + f" | {100 * r['combined']:.2f} |")
+                  f"reports; each image enters as two augmented views{' of four rotations' if config.stage1.rotations else ''}; "
+                  "other jobs on the machine lower it)."]
+    for kind, title in (("a0", "Training-free A0 AUROC (%)"),
+                        ("knn", f"kNN AUROC (%): cosine distance of pooled features to the {config.eval.knn_k} "
+                                "nearest normal training images")):
+        lines += ["", f"## {title}", "", "| stage-1 variables | " + " | ".join(names) + " | combined |",
+                  "|---|" + "---|" * (len(names) + 1)]
+        for label, r in variants.items():
+            lines.append(f"| {label} | " + " | ".join(f"{100 * r[kind][n]:.2f}" for n in names)
+                         + f" | {100 * r[kind]['combined']:.2f} |")
     text = "\n".join(lines) + "\n"
-    os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
-    with open(_OUT.value, "w") as f:
+    with files.atomic_write(_OUT.value) as f:
         f.write(text)
     print(text)
 

@@ -7,7 +7,7 @@ import sys
 import jax
 import pytest
 
-from mscad_jax import parallel, plan
+from mscad_jax import aot, parallel
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--config.image_size=8", "--config.model.width=4", "--config.model.num_slots=8", "--config.model.proj_dim=8",
@@ -17,8 +17,8 @@ TINY = ["--config.image_size=8", "--config.model.width=4", "--config.model.num_s
 
 def test_plan_reports_per_device_batch_flops_and_memory(tiny_config):
     config = tiny_config(**{"stage1.batch_size": 16, "stage2.batch_size": 16})
-    one = plan.plan(config, parallel.make_mesh(jax.devices()[:1]), train_images=64)
-    four = plan.plan(config, parallel.make_mesh(jax.devices()[:4]), train_images=64)
+    one = aot.plan(config, parallel.make_mesh(jax.devices()[:1]), train_images=64)
+    four = aot.plan(config, parallel.make_mesh(jax.devices()[:4]), train_images=64)
     assert [r["stage"] for r in four] == ["stage1", "stage2"]
     for a, b in zip(one, four):
         assert (a["batch per device"], b["batch per device"]) == (16, 4)

@@ -19,6 +19,7 @@ def get_config(arg: str | None = None):
     args = base.parse_arg(arg)
     if args.pop("cpu", False):
         # Sized for the 2-core CPU sweep in experiments/; the images keep their native 28x28.
+        base.chosen_method(c)
         c.image_size = 28
         c.model.depth = 10
         c.model.width = 16
@@ -27,15 +28,9 @@ def get_config(arg: str | None = None):
         c.stage1.batch_size = 64  # x4 rotated copies x2 views = 512 encoder passes per step
         c.stage1.epochs = 3
         c.stage1.warmup_epochs = 1
-        c.stage1.instance_weight = 1.0
-        c.stage1.reconstruction_weight = 1.0
-        c.stage1.rotations = True
-        c.model.rotation_head = True
         c.stage1.augment.crop_scale_min = 0.8
         c.stage1.augment.jitter_prob = 0.0
-        c.stage2.synthetic_anomalies = ("rotation",)
         c.stage2.pooling = "flatten"
-        c.eval.scorer = ("knn", "rotation")
         c.stage2.batch_size = 128
         c.stage2.epochs = 3
         c.stage2.learning_rate = 1e-3

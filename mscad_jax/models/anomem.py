@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mscad_jax.losses import l2_normalize
 from mscad_jax.models.memory import HopfieldMemory
 from mscad_jax.models.resnet import ResNet
 
@@ -33,8 +34,7 @@ def deviation_map(features: jnp.ndarray, retrieved: jnp.ndarray, kind: str) -> j
     ('normalized'), which ignores how strongly a position fires and keeps only how far its
     direction is from the memory's prototype: ||D||^2 = 2 - 2 cos(F, R)."""
     if kind == "normalized":
-        unit = lambda x: x / jnp.sqrt(jnp.sum(x**2, axis=-1, keepdims=True) + 1e-12)  # noqa: E731
-        return unit(features) - unit(retrieved)
+        return l2_normalize(features) - l2_normalize(retrieved)
     return features - retrieved
 
 

@@ -7,7 +7,9 @@
 Takes the flags of sweep_classes.py (`--config`, `--classes`, `--seeds`, `--workdir`,
 `--out`) plus `--variants`. Every (variant, class) is a full job in
 WORKDIR/<variant>/class<k>, resumable. The scorer comparison (detector vs a0 vs knn vs
-rotation) needs no extra runs: every results.json reports all of them.
+rotation) needs no extra runs: every results.json reports all of them. The `chosen`
+variant is the one-class sweep itself: link WORKDIR/chosen to that sweep's directory to
+reuse its runs.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ VARIANTS: dict[str, dict] = {
     "deviation_difference": {"model.deviation": "difference"},
     "no_rotations": {"stage1.rotations": False, "model.rotation_head": False, "eval.scorer": ("knn",)},
     "paper_form": {"stage1.instance_weight": 0.0, "stage1.reconstruction_weight": 0.0, "stage1.rotations": False,
-                   "model.rotation_head": False, "eval.scorer": ("detector",)},
+                   "model.rotation_head": False, "stage2.synthetic_anomalies": (), "stage2.pooling": "mean",
+                   "eval.scorer": ("detector",)},
 }
 _VARIANTS = flags.DEFINE_list("variants", list(VARIANTS), f"Variants to run, from: {', '.join(VARIANTS)}.")
 

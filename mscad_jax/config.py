@@ -46,6 +46,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.image_size = 32  # Images are resized to image_size x image_size.
     c.protocol = "one_class"  # one_class | unbalanced | ood (DESIGN section 2).
     c.normal_class = 0  # Normal class index (or super-class index when coarse_label).
+    c.normal_class_name = ml_collections.config_dict.placeholder(str)  # image_folder: the normal class's folder (good); `normal_class=good` sets it.
     c.coarse_label = False  # CIFAR-100: use the 20 super-classes as classes.
     c.anomaly_ratio = 0.05  # unbalanced: labelled anomalies per normal training image, in (0, 1].
     c.known_anomaly_classes = ()  # unbalanced: classes the labelled anomalies come from; () = all others.
@@ -242,6 +243,8 @@ def unknown_field(config: ml_collections.ConfigDict, field: str) -> ConfigError:
 def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]) -> ml_collections.ConfigDict:
     """Sets `field` or `section.field` for each item; unknown fields are an error."""
     for key, value in overrides.items():
+        if key == "normal_class" and isinstance(value, str):
+            key = "normal_class_name"  # `normal_class=good`: an image folder's class by name
         if not has_field(config, key):
             raise unknown_field(config, key)
         *parents, leaf = key.split(".")
@@ -299,6 +302,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     if config.dataset == "image_folder":
         if not config.image_folder_dir or not os.path.isdir(config.image_folder_dir):
             _fail("image_folder_dir", config.image_folder_dir, "must be an existing directory holding train/ and test/")
+        if config.normal_class_name is None and config.normal_class < 0:
+            _fail("normal_class", config.normal_class, "a class index >= 0, or name the folder in normal_class_name")
+    elif config.normal_class_name is not None:
+        _fail("normal_class_name", config.normal_class_name, "only image_folder datasets have named classes")
     else:
         n = num_classes(config)
         if not isinstance(config.normal_class, int) or not 0 <= config.normal_class < n:

@@ -112,7 +112,7 @@ def evaluate(config: ml_collections.ConfigDict, data: protocols.ProtocolData, sc
         "dataset": config.dataset,
         "protocol": config.protocol,
         "anomaly_type": config.anomaly_type,
-        "normal_class": None if config.protocol == "ood" else config.normal_class,
+        "normal_class": None if config.protocol == "ood" else (config.normal_class_name or config.normal_class),
         "scorer": "+".join(chosen),
         **image,
         "auroc_per_anomaly_class": metrics.auroc_per_anomaly_class(final, labels, data.test_classes),
@@ -143,7 +143,7 @@ def evaluate(config: ml_collections.ConfigDict, data: protocols.ProtocolData, sc
         if config.eval.plots:
             write_plots(os.path.join(workdir, "plots"), final, data, maps, config.eval.num_top_anomalies, weights)
         files.write_scores_csv(os.path.join(workdir, "scores.csv"), final, data.test_classes, data.test_labels,
-                               test_by_scorer, test, names)
+                               test_by_scorer, test, names, data.test_paths)
     return results
 
 

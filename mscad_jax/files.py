@@ -80,11 +80,13 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any, indent: int | None
 
 def write_scores_csv(path: str, final: np.ndarray, classes: np.ndarray, is_anomaly: np.ndarray,
                      by_scorer: Mapping[str, np.ndarray], per_image: Mapping[str, np.ndarray],
-                     names: list[str]) -> None:
-    """One row per test image: index, source class, anomaly label, final score, each
-    scorer's score and every per-scale score (written atomically)."""
+                     names: list[str], paths: np.ndarray | None = None) -> None:
+    """One row per test image: index (and file path for folder datasets), source class,
+    anomaly label, final score, each scorer's score and every per-scale score (written
+    atomically)."""
     per_scale = [f"{prefix}/{n}" for prefix in ("a", "a0", "knn") for n in names if f"{prefix}/{n}" in per_image]
-    columns = {"index": np.arange(len(final)), "class": classes, "is_anomaly": is_anomaly,
+    columns = {"index": np.arange(len(final)), **({} if paths is None else {"path": paths}),
+               "class": classes, "is_anomaly": is_anomaly,
                "score": final, **by_scorer, **{k: per_image[k] for k in per_scale}}
     with atomic_write(path) as f:
         out = csv.writer(f)

@@ -116,6 +116,7 @@ INVALID = [
     ("default", "known_anomaly_classes", (10,)),
     ("default", "style_severity", 6),
     ("default", "style_corruption", "foo"),
+    ("default", "normal_class_name", "good"),  # digits has no named classes
     ("default", "model.deviation", "ratio"),
     ("default", "local_kind", "hole"),
     ("default", "model.depth", 20),

@@ -64,3 +64,13 @@ def test_atomic_write_failure_mid_write_leaves_nothing(tmp_path):
             f.write(b"partial")
             raise RuntimeError("boom")
     assert os.listdir(tmp_path) == []
+
+
+def test_scores_csv_has_a_path_column_for_folder_datasets(tmp_path):
+    out = tmp_path / "scores.csv"
+    files.write_scores_csv(str(out), np.array([0.5, 2.0]), np.array([1, 0]), np.array([0, 1]),
+                           {"knn": np.array([0.1, 0.9])}, {"knn/scale4": np.array([0.2, 0.8])}, ["scale4"],
+                           paths=np.array(["/d/test/good/a.png", "/d/test/crack/b.png"]))
+    header, first, second = out.read_text().splitlines()
+    assert header == "index,path,class,is_anomaly,score,knn,knn/scale4"
+    assert first.startswith("0,/d/test/good/a.png,1,0,0.5,0.1,0.2") and second.startswith("1,/d/test/crack/b.png")

@@ -472,6 +472,41 @@ def test_image_folder_one_class(tmp_path):
     assert int(berry.test_labels.sum()) == 2
 
 
+def test_mvtec_layout_with_a_named_normal_class_and_masks(tmp_path):
+    """train/good, test/<good|defect>, ground_truth/<defect>/<name>_mask.png, as MVTec-AD."""
+    import tensorflow as tf
+
+    root = tmp_path / "bottle"
+    for i in range(3):
+        _write_png(root / "train" / "good" / f"{i:03d}.png", (200, 200, 200), (12, 12))
+    _write_png(root / "test" / "good" / "000.png", (200, 200, 200), (12, 12))
+    for defect in ("crack", "hole"):
+        for i in range(2):
+            _write_png(root / "test" / defect / f"{i:03d}.png", (40, 40, 40), (12, 12))
+            mask = np.zeros((12, 12, 1), np.uint8)
+            mask[:6, :6] = 255  # the top-left quarter
+            (root / "ground_truth" / defect).mkdir(parents=True, exist_ok=True)
+            (root / "ground_truth" / defect / f"{i:03d}_mask.png").write_bytes(tf.io.encode_png(mask).numpy())
+
+    config = get_config("default", f"dataset=image_folder,image_folder_dir={root},image_size=8,normal_class=good")
+    assert config.normal_class_name == "good"
+    data = build(config)
+    check_common(data, 8, 3)
+    assert len(data.train_images) == 3 and np.all(data.train_images == 200)
+    names = [p.split("/")[-2] for p in data.test_paths]
+    np.testing.assert_array_equal(data.test_labels, [int(n != "good") for n in names])
+    assert data.test_masks.shape == (5, 8, 8)
+    for label, mask in zip(data.test_labels, data.test_masks):
+        expected = np.zeros((8, 8), np.float32)
+        if label:
+            expected[:4, :4] = 1.0
+        np.testing.assert_array_equal(mask, expected)
+
+    config.normal_class_name = "bent"
+    with pytest.raises(config_lib.ConfigError, match="normal_class_name='bent'.*good"):
+        build(config)
+
+
 def test_image_folder_missing_split(tmp_path):
     root = tmp_path / "images"
     _write_png(root / "train" / "a" / "0.png", (1, 2, 3), (8, 8))

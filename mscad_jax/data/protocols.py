@@ -29,6 +29,7 @@ class ProtocolData:
     # eval.linear_eval: (train, test) of the whole dataset with class labels (train capped
     # at eval.linear_eval_max_examples, a seeded subset), for the linear probe.
     probe: tuple[sources.Split, sources.Split] | None = None
+    test_paths: np.ndarray | None = None  # str [M], the files of image-folder datasets
 
     @property
     def num_train_normal(self) -> int:
@@ -75,7 +76,7 @@ def _select(config: ml_collections.ConfigDict, train: sources.Split, test: sourc
         data = ProtocolData(train_images, flags, test_images, test_labels, test_classes, None)
         return _cap(data, config, rng)
 
-    normal = config.normal_class
+    normal = _normal_index(config, train)
     normal_train = train.take(train.labels == normal)
     if len(normal_train) == 0:
         raise config_lib.ConfigError(f"config.normal_class={normal} has no training images in {config.dataset}")
@@ -94,8 +95,11 @@ def _select(config: ml_collections.ConfigDict, train: sources.Split, test: sourc
             chosen = np.sort(rng.choice(pool, num_labelled, replace=False))
             train_images = np.concatenate([train_images, train.images[chosen]])
             flags = np.concatenate([flags, np.ones(num_labelled, bool)])
+        masks = None
+        if config.dataset == "image_folder":
+            masks = sources.load_masks(test.paths, config.image_folder_dir, config.image_size)
         data = ProtocolData(train_images, flags, test.images, (test.labels != normal).astype(np.int32),
-                            test.labels, None)
+                            test.labels, masks, test_paths=test.paths)
         return _cap(data, config, rng)
 
     # style / local: anomalies are corrupted copies of the normal class's images.
@@ -116,6 +120,19 @@ def _select(config: ml_collections.ConfigDict, train: sources.Split, test: sourc
     if masks is not None:
         test_masks = np.concatenate([np.zeros(masks.shape, np.float32), masks])
     return _cap(ProtocolData(train_images, flags, test_images, test_labels, test_classes, test_masks), config, rng)
+
+
+def _normal_index(config: ml_collections.ConfigDict, train: sources.Split) -> int:
+    """The normal class's label index: config.normal_class, or for an image folder the
+    index of the folder config.normal_class_name."""
+    name = config.normal_class_name
+    if name is None:
+        return config.normal_class
+    names = train.class_names or ()
+    if name not in names:
+        raise config_lib.ConfigError(f"config.normal_class_name={name!r} is not a class folder of "
+                                     f"{config.image_folder_dir}: allowed: {', '.join(names)}")
+    return names.index(name)
 
 
 def _channels(config: ml_collections.ConfigDict) -> int:
@@ -157,5 +174,6 @@ def _cap(data: ProtocolData, config: ml_collections.ConfigDict, rng: np.random.G
         data = dataclasses.replace(
             data, test_images=data.test_images[keep], test_labels=data.test_labels[keep],
             test_classes=data.test_classes[keep],
-            test_masks=None if data.test_masks is None else data.test_masks[keep])
+            test_masks=None if data.test_masks is None else data.test_masks[keep],
+            test_paths=None if data.test_paths is None else data.test_paths[keep])
     return data

@@ -16,30 +16,58 @@ import numpy as np
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-    """One split of a dataset: uint8 images [N, S, S, C] and int64 labels [N]."""
+    """One split of a dataset: uint8 images [N, S, S, C] and int64 labels [N]; for image
+    folders also each image's file path and the class (folder) names, by label."""
 
     images: np.ndarray
     labels: np.ndarray
+    paths: np.ndarray | None = None  # str [N]
+    class_names: tuple[str, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def take(self, index: np.ndarray) -> "Split":
-        return Split(self.images[index], self.labels[index])
+        return Split(self.images[index], self.labels[index], None if self.paths is None else self.paths[index],
+                     self.class_names)
 
 
 def load_split(dataset: str, split: str, image_size: int, channels: int, *,
                data_dir: str | None = None, coarse_label: bool = False,
                image_folder_dir: str | None = None) -> Split:
     """Loads `split` ('train' or 'test') of `dataset`, resized, with `channels` channels."""
+    paths = names = None
     if dataset == "digits":
         images, labels = _digits(split)
     elif dataset == "image_folder":
-        images, labels = _tf_dataset_to_numpy(_image_folder(image_folder_dir, split), "label", image_size)
+        ds, names = _image_folder(image_folder_dir, split)
+        images, labels, paths = _tf_dataset_to_numpy(ds, "label", image_size, path_key="image/filename")
     else:
         images, labels = _tfds(dataset, split, data_dir, coarse_label, image_size)
     images = _resize(images, image_size)
-    return Split(_to_channels(images, channels), labels.astype(np.int64))
+    return Split(_to_channels(images, channels), labels.astype(np.int64), paths, names)
+
+
+def load_masks(paths: np.ndarray, root: str, image_size: int) -> np.ndarray | None:
+    """Ground-truth masks of an MVTec-AD style folder: for `root/test/<class>/<name>.<ext>`,
+    `root/ground_truth/<class>/<name>_mask.png` (any non-zero pixel is anomalous),
+    resized to the images. Images without a mask file (the normal ones) get an empty
+    mask. None when `root/ground_truth` does not exist."""
+    import tensorflow as tf
+
+    truth = os.path.join(root, "ground_truth")
+    if not os.path.isdir(truth):
+        return None
+    masks = np.zeros((len(paths), image_size, image_size), np.float32)
+    for i, path in enumerate(paths):
+        cls = os.path.basename(os.path.dirname(path))
+        stem = os.path.splitext(os.path.basename(path))[0]
+        mask_path = os.path.join(truth, cls, f"{stem}_mask.png")
+        if os.path.exists(mask_path):
+            mask = tf.io.decode_image(tf.io.read_file(mask_path), channels=1, expand_animations=False)
+            mask = tf.image.resize(tf.cast(mask > 0, tf.float32), (image_size, image_size), "nearest")
+            masks[i] = mask.numpy()[..., 0]
+    return masks
 
 
 def _digits(split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -57,15 +85,18 @@ def _digits(split: str) -> tuple[np.ndarray, np.ndarray]:
 def _tfds(name: str, split: str, data_dir: str | None, coarse_label: bool, image_size: int):
     import tensorflow_datasets as tfds
 
-    builder = tfds.builder(name, data_dir=data_dir)
-    if not builder.is_prepared():
-        # Refuse here rather than let TFDS try to download (a long traceback without network).
-        root = os.path.dirname(os.path.dirname(builder.data_dir))
+    try:
+        # No download at run time: offline, TFDS would retry for minutes and end in a
+        # long traceback; the data is prepared once with `tfds build`.
+        ds = tfds.load(name, split=split, data_dir=data_dir, shuffle_files=False, download=False)
+    except AssertionError as e:
+        if "could not find data" not in str(e):
+            raise
+        root = os.path.dirname(os.path.dirname(tfds.builder(name, data_dir=data_dir).data_dir))
         raise FileNotFoundError(
             f"dataset {name!r} is not prepared in {root} (config.data_dir, else TFDS_DATA_DIR, else "
             f"~/tensorflow_datasets); on a machine with network run `tfds build {name} --data_dir=DIR`, copy DIR "
-            f"here and pass data_dir=DIR or set TFDS_DATA_DIR=DIR")
-    ds = builder.as_dataset(split=split, shuffle_files=False)
+            f"here and pass data_dir=DIR or set TFDS_DATA_DIR=DIR") from None
     return _tf_dataset_to_numpy(ds, "coarse_label" if coarse_label else "label", image_size)
 
 
@@ -75,10 +106,11 @@ def _image_folder(root: str, split: str):
     builder = tfds.folder_dataset.ImageFolder(root)
     if split not in builder.info.splits:
         raise ValueError(f"image folder {root!r} has no {split!r} sub-folder; found {list(builder.info.splits)}")
-    return builder.as_dataset(split=split, shuffle_files=False)
+    return builder.as_dataset(split=split, shuffle_files=False), tuple(builder.info.features["label"].names)
 
 
-def _tf_dataset_to_numpy(ds, label_key: str, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+def _tf_dataset_to_numpy(ds, label_key: str, image_size: int, path_key: str | None = None):
+    """(images, labels) of a tf.data dataset, resized; with `path_key` also the paths."""
     import tensorflow as tf
 
     def prepare(example):
@@ -94,15 +126,18 @@ def _tf_dataset_to_numpy(ds, label_key: str, image_size: int) -> tuple[np.ndarra
         if image.shape[0] != image_size or image.shape[1] != image_size or image.dtype != tf.uint8:
             image = tf.image.resize(image, (image_size, image_size), antialias=True)
             image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
-        return image, example[label_key]
+        return image, example[label_key], example[path_key] if path_key else tf.constant(b"")
 
     ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).batch(4096).prefetch(2)
-    images, labels = [], []
-    for x, y in ds.as_numpy_iterator():
+    images, labels, paths = [], [], []
+    for x, y, p in ds.as_numpy_iterator():
         images.append(x)
         labels.append(y)
+        paths.append(p)
     if not images:
         raise ValueError("the dataset split is empty")
+    if path_key:
+        return np.concatenate(images), np.concatenate(labels), np.char.decode(np.concatenate(paths).astype(bytes))
     return np.concatenate(images), np.concatenate(labels)
 
 

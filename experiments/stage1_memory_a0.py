@@ -25,7 +25,7 @@ from clu import metric_writers
 from ml_collections import config_flags
 
 from mscad_jax import config as config_lib
-from mscad_jax import cli, evaluate, files, fusion, logs, metrics, parallel, plots, stage1, stage2
+from mscad_jax import cli, evaluate, files, logs, metrics, parallel, plots, scorer, stage1, stage2
 from mscad_jax.data import protocols
 from mscad_jax.models import anomem
 
@@ -49,20 +49,20 @@ def _events(workdir: str) -> dict[str, list[tuple[int, float]]]:
 
 
 def _aurocs(config, data, model, frozen, names, mesh) -> dict[str, dict[str, float]]:
-    """{'a0' | 'knn': {scale or 'combined': AUROC}} for one set of stage-1 variables."""
-    score_fn = stage2.make_score_fn(None, model, mesh)
+    """{'a0' | 'knn': {scale or 'combined': AUROC}} for one set of stage-1 variables,
+    scored by the project's scorer (mscad_jax.scorer) without a stage 2."""
+    raw_fn = stage2.score_function(None, model)
+    variables = scorer.with_defaults({"frozen": frozen})
     normal = data.train_images[~data.train_labelled_anomaly]
-    train_scores = evaluate.score_images(score_fn, (frozen, None, None), normal, config.eval.batch_size, mesh,
-                                         keep_maps=False)
-    test = evaluate.score_images(score_fn, (frozen, None, None), data.test_images, config.eval.batch_size, mesh,
-                                 keep_maps=False)
-    evaluate.add_knn_scores(train_scores, test, names, config.eval.knn_k)
-    stats = fusion.normal_statistics(train_scores)
+    raw_jit = jax.jit(raw_fn)
+    train = evaluate.score_images(raw_jit, (frozen, {}, {}), normal, config.eval.batch_size, mesh, keep_maps=False)
+    state, spec = scorer.fit(train, variables, tuple(names), (1.0,) * len(names), ("a0", "knn"), config.eval.knn_k)
+    test = evaluate.score_images(jax.jit(scorer.make_scorer(raw_fn, spec)), (state,), data.test_images,
+                                 config.eval.batch_size, mesh, keep_maps=False)
     out = {}
     for kind in ("a0", "knn"):
         out[kind] = metrics.per_scale_auroc({n: test[f"{kind}/{n}"] for n in names}, data.test_labels)
-        out[kind]["combined"] = metrics.image_metrics(fusion.combine(test, stats, kind, names, (1.0,) * len(names)),
-                                                      data.test_labels)["auroc"]
+        out[kind]["combined"] = metrics.image_metrics(test[f"score/{kind}"], data.test_labels)["auroc"]
     return out
 
 

@@ -117,7 +117,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.knn_rotations = False  # knn on the pooled features of the image at all four rotations (test-time ensemble).
     c.eval.knn_k = 5  # Neighbours of the knn scorer (cosine distance of pooled features to normal training images).
     c.eval.pixel_floor = True  # Also report the raw-pixel 5-NN AUROC of the same split (the floor to clear).
-    c.eval.patch_knn = False  # Also compute the patch_knn scorer (PatchCore-style, per position; costs memory).
+    c.eval.patch_knn = False  # Also measure auroc_patch_knn (PatchCore-style, per position; costs memory).
     c.eval.patch_bank_size = 20000  # Normal training patches per scale in the patch_knn bank (seeded draw).
     c.eval.linear_eval = False  # Linear probe on frozen pooled features of the full dataset.
     c.eval.linear_eval_max_examples = 20000  # Cap on linear-probe training images.
@@ -258,6 +258,28 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]
     return config
 
 
+def from_json(saved: dict[str, Any]) -> ml_collections.ConfigDict:
+    """The config a run wrote to WORKDIR/config.json, rebuilt on the base config (JSON
+    lists back to tuples). A field this version no longer has is an error."""
+    def leaves(d: dict[str, Any], prefix: str = ""):
+        for key, value in d.items():
+            if isinstance(value, dict):
+                yield from leaves(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", tuple(value) if isinstance(value, list) else value
+
+    config = base_config()
+    for field, value in leaves(saved):
+        if not has_field(config, field):
+            raise unknown_field(config, field)
+        *parents, leaf = field.split(".")
+        target = _get(config, ".".join(parents)) if parents else config
+        if isinstance(target[leaf], float) and isinstance(value, int):
+            value = float(value)
+        target[leaf] = value
+    return config
+
+
 def _get(config: ml_collections.ConfigDict, field: str) -> Any:
     """The value of a dotted field name."""
     for part in field.split("."):
@@ -363,12 +385,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         _fail("image_size", config.image_size, "must be at least 8")
 
     scorers = scorer_names(config)
+    if "patch_knn" in scorers:
+        _fail("eval.scorer", scorers, "patch_knn is measured beside the score (eval.patch_knn=True writes "
+              "auroc_patch_knn), not part of it: its patch bank does not fit the exported scorer")
     if not scorers or len(set(scorers)) != len(scorers) or not set(scorers) <= set(SCORERS):
         _fail("eval.scorer", scorers, f"distinct names from {', '.join(SCORERS)}, joined with '+'")
     if "rotation" in scorers and not m.rotation_head:
         _fail("eval.scorer", scorers, "the rotation scorer needs model.rotation_head=True")
-    if "patch_knn" in scorers and not config.eval.patch_knn:
-        _fail("eval.scorer", scorers, "the patch_knn scorer needs eval.patch_knn=True")
     if "patch_memory" in scorers and m.projected_memory:
         _fail("eval.scorer", scorers, "patch_memory compares features with slots: not with model.projected_memory")
     if m.rotation_head and not config.stage1.rotations:

@@ -8,7 +8,9 @@ Four scorers, each reported on its own whatever the config picks:
 mu_s, sigma_s are measured on normal training data (leave-one-out for k-NN). The final
 score sums the standardised scores of the scorers named in `eval.scorer`.
 Localisation maps are sum_s w_s ||D_s[h, w]||^2 / mu(A0_s), so that each scale
-contributes on a comparable footing.
+contributes on a comparable footing. All of this is `mscad_jax.scorer`'s one scoring
+function, fitted here and saved to WORKDIR/scorer for `mscad_jax.export`. The
+PatchCore-style patch_knn score (eval.patch_knn) is measured beside it, not part of it.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from absl import logging
 from jax.sharding import Mesh
 
 from mscad_jax import config as config_lib
-from mscad_jax import files, fusion, knn, metrics, parallel, plots
+from mscad_jax import files, fusion, knn, metrics, parallel, plots, scorer
 from mscad_jax.data import input_pipeline, protocols, sources
+from mscad_jax.models import anomem
 
 # Normal training images used to measure mu_s, sigma_s (a seeded subset when larger).
 MAX_STATS_EXAMPLES = 10000
@@ -37,18 +40,9 @@ def score_images(score_fn: Callable, args: tuple, images: np.ndarray, batch_size
     for valid, batch in input_pipeline.eval_batches({"image": images}, batch_size, mesh):
         out = parallel.fetch(score_fn(*args, batch["image"]))
         for k, v in out.items():
-            if keep_maps or not k.startswith("map/"):
+            if keep_maps or not (k == "map" or k.startswith("map/")):
                 chunks.setdefault(k, []).append(v[:valid])
     return {k: np.concatenate(v) for k, v in chunks.items()}
-
-
-def add_knn_scores(train: dict[str, np.ndarray], test: dict[str, np.ndarray], names: list[str], k: int) -> None:
-    """Adds 'knn/<scale>': mean cosine distance of GAP(F_s) to the k nearest normal
-    training images (each training image leaves itself out)."""
-    for n in names:
-        bank = train[f"feature/{n}"]
-        train[f"knn/{n}"] = knn.knn_distance(bank, None, k)
-        test[f"knn/{n}"] = knn.knn_distance(bank, test[f"feature/{n}"], k)
 
 
 def add_patch_knn_scores(train: dict[str, np.ndarray], test: dict[str, np.ndarray], names: list[str],
@@ -73,37 +67,43 @@ def add_patch_knn_scores(train: dict[str, np.ndarray], test: dict[str, np.ndarra
     return held_out
 
 
-def evaluate(config: ml_collections.ConfigDict, data: protocols.ProtocolData, score_fn: Callable,
-             score_args: tuple, names: list[str], workdir: str, mesh: Mesh, writer=None,
-             pooled_fn: Callable | None = None, pooled_args: tuple = ()) -> dict[str, Any]:
-    """Scores the test split; returns the results (the caller writes results.json) and
-    writes TensorBoard scalars and plots."""
+def evaluate(config: ml_collections.ConfigDict, data: protocols.ProtocolData, raw_fn: Callable,
+             variables: dict[str, Any], workdir: str, mesh: Mesh, writer=None,
+             pooled_fn: Callable | None = None) -> dict[str, Any]:
+    """Fits the scorer on normal training images, scores the test split with it and
+    returns the results (the caller writes results.json); writes the scorer state to
+    `workdir/scorer` (what `mscad_jax.export` packages), scores.csv, TensorBoard scalars
+    and plots.
+
+    `raw_fn` is stage2.score_function (pure); `variables` holds 'frozen' (stage 1),
+    'detector' and 'centers' (stage 2; empty dicts without it); `pooled_fn(frozen,
+    images)` feeds the linear probe.
+    """
+    names = anomem.scale_names(config.model.scales)
     weights = tuple(float(w) for w in config.eval.score_weights) or (1.0,) * len(names)
     normal_train = data.train_images[~data.train_labelled_anomaly]
     if len(normal_train) > MAX_STATS_EXAMPLES:
         pick = np.random.default_rng([config.seed, 7]).choice(len(normal_train), MAX_STATS_EXAMPLES, replace=False)
         normal_train = normal_train[np.sort(pick)]
-    train = score_images(score_fn, score_args, normal_train, config.eval.batch_size, mesh, keep_maps=False)
-    test = score_images(score_fn, score_args, data.test_images, config.eval.batch_size, mesh)
-    add_knn_scores(train, test, names, config.eval.knn_k)
-    stats = fusion.normal_statistics(train)
+    rep, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+    variables = scorer.with_defaults(variables)
+    raw_jit = jax.jit(raw_fn, in_shardings=(rep, rep, rep, sharded), out_shardings=sharded)
+    train = score_images(raw_jit, (variables["frozen"], variables["detector"], variables["centers"]), normal_train,
+                         config.eval.batch_size, mesh, keep_maps=False)
+    chosen = config_lib.scorer_names(config)
+    state, spec = scorer.fit(train, variables, tuple(names), weights, chosen, config.eval.knn_k)
+    score_jit = jax.jit(scorer.make_scorer(raw_fn, spec), in_shardings=(rep, sharded), out_shardings=sharded)
+    test = score_images(score_jit, (parallel.replicate(state, mesh),), data.test_images, config.eval.batch_size, mesh)
+    stats = {k: tuple(map(float, v)) for k, v in state["stats"].items()}
     if config.eval.patch_knn:
         held_out = add_patch_knn_scores(train, test, names, config.eval.patch_bank_size, config.seed)
-        stats |= fusion.normal_statistics(held_out)
-        train |= held_out  # the scorer-level statistics come from the held-out half too
+        held_out_stats = fusion.normal_statistics(held_out)
+        stats |= held_out_stats
+        test["score/patch_knn"] = np.asarray(fusion.combine(test, held_out_stats, "patch_knn", names, weights))
+    final = test["score"]
+    test_by_scorer = {k.split("/", 1)[1]: v for k, v in test.items() if k.startswith("score/")}
     labels = data.test_labels
-
-    train_by_scorer = fusion.scorer_scores(train, stats, names, weights)
-    test_by_scorer = fusion.scorer_scores(test, stats, names, weights)
-    chosen = config_lib.scorer_names(config)
-    missing = [s for s in chosen if s not in test_by_scorer]
-    if missing:
-        raise ValueError(f"eval.scorer names {missing}, which this model does not produce "
-                         f"(available: {', '.join(test_by_scorer)})")
-    # Scorers are standardised once more so that each weighs the same in the sum.
-    final = sum(fusion.standardize(test_by_scorer[s], train_by_scorer[s].mean(), train_by_scorer[s].std())
-                for s in chosen)
-    maps = fusion.localisation_maps(test, stats, names, weights)
+    maps = test["map"]
     image = metrics.image_metrics(final, labels)
     auroc_of = lambda s: metrics.image_metrics(test_by_scorer[s], labels)["auroc"] if s in test_by_scorer else None  # noqa: E731
     per_scale = lambda prefix: metrics.per_scale_auroc({n: test[f"{prefix}/{n}"] for n in names}, labels) \
@@ -113,6 +113,7 @@ def evaluate(config: ml_collections.ConfigDict, data: protocols.ProtocolData, sc
         "protocol": config.protocol,
         "anomaly_type": config.anomaly_type,
         "normal_class": None if config.protocol == "ood" else (config.normal_class_name or config.normal_class),
+        "class_names": None if data.class_names is None else list(data.class_names),
         "scorer": "+".join(chosen),
         **image,
         "auroc_per_anomaly_class": metrics.auroc_per_anomaly_class(final, labels, data.test_classes),
@@ -133,15 +134,18 @@ def evaluate(config: ml_collections.ConfigDict, data: protocols.ProtocolData, sc
         "num_train": int(len(data.train_images)),
         "num_train_labelled_anomalies": int(data.train_labelled_anomaly.sum()),
         "score_stats": {k: {"mean": m, "std": s} for k, (m, s) in stats.items()},
+        "threshold": float(state["threshold"]),
+        "threshold_percentile": spec.threshold_percentile,
     }
     if config.eval.linear_eval and pooled_fn is not None:
-        results["linear_eval_accuracy"] = linear_eval(config, data.probe, pooled_fn, pooled_args, mesh)
+        results["linear_eval_accuracy"] = linear_eval(config, data.probe, pooled_fn, (variables["frozen"],), mesh)
     if jax.process_index() == 0:
         if writer is not None:
             writer.write_scalars(0, {f"eval/{k}": v for k, v in _scalars(results).items()})
             writer.flush()
         if config.eval.plots:
             write_plots(os.path.join(workdir, "plots"), final, data, maps, config.eval.num_top_anomalies, weights)
+        scorer.save(os.path.join(workdir, "scorer"), parallel.fetch(state), spec)
         files.write_scores_csv(os.path.join(workdir, "scores.csv"), final, data.test_classes, data.test_labels,
                                test_by_scorer, test, names, data.test_paths)
     return results

@@ -1,49 +1,48 @@
-"""Score fusion (NumPy only): per-scale scores standardised with statistics of normal
-data and summed with weights, per scorer; and the localisation maps.
+"""Score fusion: per-scale scores standardised with statistics of normal data and summed
+with weights, per scorer; the scorers' sum; and the localisation maps.
 
 Standardising puts scales (and scorers) whose raw scores live on very different ranges
-onto a common footing before they are weighted and added.
+onto a common footing before they are weighted and added. The functions are written
+with jax.numpy so that one implementation serves both the host-side fitting of the
+statistics (on NumPy arrays) and the jitted, exportable scorer (`mscad_jax.scorer`),
+where the statistics are arrays of its state.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 # Standard deviations below this are treated as this value, so a scale whose
 # scores are constant on the normal data cannot produce inf/NaN when fused.
 SIGMA_FLOOR = 1e-12
 
-
 # Scorer name (config `eval.scorer`) -> prefix of its per-scale score keys; None: one key.
 SCORERS: dict[str, str | None] = {"detector": "a", "a0": "a0", "knn": "knn", "rotation": None,
-                                  "patch_memory": "patch_memory", "patch_knn": "patch_knn"}
+                                  "patch_memory": "patch_memory"}
+
+# (mean, std) as a pair of floats or a [2] array (inside the jitted scorer).
+Stat = Any
 
 
-def normal_statistics(scores: dict[str, np.ndarray]) -> dict[str, tuple[float, float]]:
+def normal_statistics(scores: Mapping[str, np.ndarray]) -> dict[str, tuple[float, float]]:
     """(mean, std) of every scalar score on normal training data."""
-    return {k: (float(v.mean()), float(v.std())) for k, v in scores.items()
+    return {k: (float(np.mean(v)), float(np.std(v))) for k, v in scores.items()
             if not k.startswith(("map/", "feature/", "patches/"))}
 
 
-def standardize(scores: Any, mean: float, std: float) -> np.ndarray:
-    """Returns `(scores - mean) / max(std, SIGMA_FLOOR)` as float64."""
-    s = np.asarray(scores, dtype=np.float64)
-    return (s - float(mean)) / max(float(std), SIGMA_FLOOR)
+def standardize(scores: Any, mean: Any, std: Any) -> jax.Array:
+    """Returns `(scores - mean) / max(std, SIGMA_FLOOR)`."""
+    return (jnp.asarray(scores, jnp.float32) - mean) / jnp.maximum(std, SIGMA_FLOOR)
 
 
-def combine_scores(
-    per_scale: Mapping[str, Any],
-    stats: Mapping[str, tuple[float, float]],
-    weights: Mapping[str, float],
-) -> np.ndarray:
+def combine_scores(per_scale: Mapping[str, Any], stats: Mapping[str, Stat],
+                   weights: Mapping[str, float]) -> jax.Array:
     """Fuses per-scale scores as `sum_s w_s * (a_s - mu_s) / sigma_s`.
-
-    Standardizing with statistics of normal data puts scales whose raw
-    distances live on very different ranges onto a common footing before
-    weighting.
 
     Args:
       per_scale: scale name -> [N] scores (all the same shape).
@@ -53,7 +52,7 @@ def combine_scores(
         and every weight must refer to a scale in `per_scale`.
 
     Returns:
-      [N] float64 fused scores.
+      [N] fused scores.
     """
     if not per_scale:
         raise ValueError("per_scale is empty; nothing to combine.")
@@ -68,45 +67,41 @@ def combine_scores(
             "combine_scores: inconsistent scales: "
             f"missing stats for {missing_stats}, missing weights for {missing_weights}, "
             f"weights for scales without scores {unused_weights} "
-            f"(scales with scores: {names})."
-        )
-    total: np.ndarray | None = None
-    shape = None
-    for name in names:
-        mu, sigma = stats[name]
-        term = float(weights[name]) * standardize(per_scale[name], mu, sigma)
-        if shape is None:
-            shape = term.shape
-        elif term.shape != shape:
-            raise ValueError(f"scale {name!r} has scores of shape {term.shape}, expected {shape}.")
-        total = term if total is None else total + term
-    assert total is not None
-    return total
+            f"(scales with scores: {names}).")
+    shapes = {n: jnp.shape(per_scale[n]) for n in names}
+    if len(set(shapes.values())) > 1:
+        raise ValueError(f"per-scale scores differ in shape: {shapes}")
+    return sum(float(weights[n]) * standardize(per_scale[n], stats[n][0], stats[n][1]) for n in names)
 
 
+def combine(scores: Mapping[str, Any], stats: Mapping[str, Stat], kind: str, names: Sequence[str],
+            weights: Sequence[float]) -> jax.Array:
+    """Standardised weighted sum of the per-scale scores `kind/<scale>`."""
+    keys = [f"{kind}/{n}" for n in names]
+    return combine_scores({k: scores[k] for k in keys}, {k: stats[k] for k in keys}, dict(zip(keys, weights)))
 
 
-def scorer_scores(scores: dict[str, np.ndarray], stats: dict[str, tuple[float, float]], names: list[str],
-                  weights: tuple[float, ...]) -> dict[str, np.ndarray]:
+def scorer_scores(scores: Mapping[str, Any], stats: Mapping[str, Stat], names: Sequence[str],
+                  weights: Sequence[float]) -> dict[str, jax.Array]:
     """Each available scorer's image score, its scales fused with the normal statistics."""
     out = {}
     for scorer, prefix in SCORERS.items():
         if prefix is None:
             if scorer in scores:
-                out[scorer] = scores[scorer]
+                out[scorer] = jnp.asarray(scores[scorer], jnp.float32)
         elif f"{prefix}/{names[0]}" in scores:
             out[scorer] = combine(scores, stats, prefix, names, weights)
     return out
 
 
-def combine(scores: dict[str, np.ndarray], stats: dict[str, tuple[float, float]], kind: str,
-            names: list[str], weights: tuple[float, ...]) -> np.ndarray:
-    """Standardised weighted sum of the per-scale scores `kind/<scale>`."""
-    keys = [f"{kind}/{n}" for n in names]
-    return combine_scores({k: scores[k] for k in keys}, {k: stats[k] for k in keys},
-                                  dict(zip(keys, weights)))
+def final_score(by_scorer: Mapping[str, Any], scorer_stats: Mapping[str, Stat], chosen: Sequence[str]) -> jax.Array:
+    """The sum of the chosen scorers, each standardised once more so that each weighs
+    the same in the sum."""
+    return sum(standardize(by_scorer[s], scorer_stats[s][0], scorer_stats[s][1]) for s in chosen)
 
 
-def localisation_maps(scores: dict[str, np.ndarray], stats: dict[str, tuple[float, float]],
-                      names: list[str], weights: tuple[float, ...]) -> np.ndarray:
-    return sum(w * scores[f"map/{n}"] / max(stats[f"a0/{n}"][0], 1e-12) for n, w in zip(names, weights))
+def localisation_maps(scores: Mapping[str, Any], stats: Mapping[str, Stat], names: Sequence[str],
+                      weights: Sequence[float]) -> jax.Array:
+    """sum_s w_s ||D_s[h, w]||^2 / mu(A0_s): each scale's map in units of its mean on
+    normal data, so a normal pixel sits near sum(weights) in every run."""
+    return sum(w * scores[f"map/{n}"] / jnp.maximum(stats[f"a0/{n}"][0], SIGMA_FLOOR) for n, w in zip(names, weights))

@@ -68,8 +68,8 @@ class ProgressLine:
     """`stage1  120/279  1.0 step/s  ETA 2m38s  loss 31.54`, rewritten in place on a
     terminal; on a file or pipe each update is its own line."""
 
-    def __init__(self, name: str, total: int, start: int = 0, stream: TextIO | None = None):
-        self.name, self.total, self.start = name, total, start
+    def __init__(self, name: str, total: int, start: int = 0, stream: TextIO | None = None, unit: str = "step"):
+        self.name, self.total, self.start, self.unit = name, total, start, unit
         self.stream = stream or sys.stderr
         self.began = time.perf_counter()
         self.in_place = hasattr(self.stream, "isatty") and self.stream.isatty()
@@ -78,7 +78,7 @@ class ProgressLine:
         elapsed = time.perf_counter() - self.began
         rate = (step - self.start) / elapsed if elapsed > 0 else 0.0
         eta = (self.total - step) / rate if rate > 0 else float("nan")
-        text = (f"{self.name}  {step:>{len(str(self.total))}}/{self.total}  {rate:.2f} step/s  "
+        text = (f"{self.name}  {step:>{len(str(self.total))}}/{self.total}  {rate:.2f} {self.unit}/s  "
                 f"ETA {_duration(eta) if eta == eta else '?'}")
         if loss is not None:
             text += f"  loss {loss:.4g}"

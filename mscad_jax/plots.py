@@ -30,6 +30,7 @@ from mscad_jax.files import atomic_write  # noqa: E402
 from mscad_jax.metrics import _as_binary_labels, validate_scores_labels  # noqa: E402
 
 __all__ = [
+    "heatmap_overlay",
     "plot_loss_curves",
     "plot_roc",
     "plot_score_histograms",
@@ -276,3 +277,23 @@ def plot_loss_curves(
     if title:
         ax.set_title(title)
     return _save(fig, path)
+
+
+def heatmap_overlay(image: np.ndarray, heat: np.ndarray, heat_range: tuple[float, float],
+                    min_size: int = 256) -> np.ndarray:
+    """An image with its anomaly map over it (jet colours at half opacity), as uint8 RGB.
+
+    `heat_range` fixes the colours for every image of a run (never per image, which
+    would paint every image's most normal pixel blue and its most anomalous red). Small
+    images are enlarged by an integer factor (nearest) to at least `min_size` pixels.
+    """
+    image = np.asarray(image, np.float32) / 255.0
+    if image.shape[-1] == 1:
+        image = np.repeat(image, 3, axis=-1)
+    vmin, vmax = map(float, heat_range)
+    level = np.clip((np.asarray(heat, np.float32) - vmin) / max(vmax - vmin, 1e-12), 0.0, 1.0)
+    colours = matplotlib.colormaps["jet"](level)[..., :3]
+    out = 0.5 * image[..., :3] + 0.5 * colours
+    factor = max(1, -(-min_size // max(out.shape[:2])))
+    out = np.repeat(np.repeat(out, factor, axis=0), factor, axis=1)
+    return np.round(out * 255.0).astype(np.uint8)

@@ -202,7 +202,16 @@ def train(config: ml_collections.ConfigDict, model: anomem.AnoMem, frozen: dict,
 
 def make_score_fn(det: detector.MultiScaleDetector | None, model: anomem.AnoMem, mesh: Mesh,
                   patches: bool = False, rotated_features: bool = False) -> Callable:
-    """Jitted (frozen, params, centers, images uint8) -> per-image scores, maps and features.
+    """`score_function` jitted over the mesh: the batch sharded, the variables replicated."""
+    rep = parallel.replicated(mesh)
+    return jax.jit(score_function(det, model, patches, rotated_features),
+                   in_shardings=(rep, rep, rep, parallel.batch_sharded(mesh)),
+                   out_shardings=parallel.batch_sharded(mesh))
+
+
+def score_function(det: detector.MultiScaleDetector | None, model: anomem.AnoMem, patches: bool = False,
+                   rotated_features: bool = False) -> Callable:
+    """The pure (frozen, params, centers, images uint8) -> per-image scores, maps and features.
 
     Returns {'a/<scale>': [B] detector distance, 'a0/<scale>': [B] training-free score
     mean_hw ||D_s||^2, 'map/<scale>': [B, H, W] ||D_s[h, w]||^2 upsampled to the image,
@@ -249,9 +258,7 @@ def make_score_fn(det: detector.MultiScaleDetector | None, model: anomem.AnoMem,
                         [losses.l2_normalize(o[n]["features"].mean(axis=(1, 2))) for o in rotated], axis=-1)
         return out
 
-    rep = parallel.replicated(mesh)
-    return jax.jit(score, in_shardings=(rep, rep, rep, parallel.batch_sharded(mesh)),
-                   out_shardings=parallel.batch_sharded(mesh))
+    return score
 
 
 def make_pooled_fn(model: anomem.AnoMem, mesh: Mesh) -> Callable:

@@ -21,7 +21,6 @@ from clu import metric_writers
 from mscad_jax import config as config_lib
 from mscad_jax import evaluate, files, logs, parallel, report, stage1, stage2
 from mscad_jax.data import input_pipeline, protocols
-from mscad_jax.models import anomem
 
 
 
@@ -44,7 +43,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mode: st
     if jax.process_index() == 0:
         files.write_json_atomic(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
     restore_only = mode == "evaluate"
-    names = anomem.scale_names(config.model.scales)
     with logs.LogFile(os.path.join(workdir, "log.txt"), enabled=jax.process_index() == 0):
         writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
         try:
@@ -53,10 +51,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mode: st
             frozen = {"params": s1.params, "batch_stats": s1.batch_stats}
             det, s2 = stage2.train(config, model, frozen, data.train_images, data.train_labelled_anomaly, workdir,
                                    mesh, writer, restore_only=restore_only)
-            score_fn = stage2.make_score_fn(det, model, mesh, patches=config.eval.patch_knn,
-                                            rotated_features=config.eval.knn_rotations)
-            results = evaluate.evaluate(config, data, score_fn, (frozen, s2.params, s2.centers), names, workdir, mesh,
-                                        writer, pooled_fn=stage2.make_pooled_fn(model, mesh), pooled_args=(frozen,))
+            raw_fn = stage2.score_function(det, model, patches=config.eval.patch_knn,
+                                           rotated_features=config.eval.knn_rotations)
+            variables = {"frozen": frozen, "detector": s2.params, "centers": s2.centers}
+            results = evaluate.evaluate(config, data, raw_fn, variables, workdir, mesh, writer,
+                                        pooled_fn=stage2.make_pooled_fn(model, mesh))
         finally:
             writer.close()
     results["wall_time_s"] = time.time() - start

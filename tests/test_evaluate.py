@@ -58,8 +58,9 @@ def test_scores_statistics_and_fusion_match_a_numpy_reference(tiny_config, rando
         np.testing.assert_allclose(parallel.fetch(state.centers[n]), want, rtol=1e-5, atol=1e-6)
 
     data = protocols.ProtocolData(train_images, labelled, test_images, labels, labels.astype(np.int64), None)
-    results = evaluate.evaluate(config, data, stage2.make_score_fn(det, model, mesh),
-                                (frozen, state.params, state.centers), names, str(tmp_path), mesh)
+    results = evaluate.evaluate(config, data, stage2.score_function(det, model),
+                                {"frozen": frozen, "detector": state.params, "centers": state.centers},
+                                str(tmp_path), mesh)
 
     train, _ = _reference_scores(model, frozen, det, state.params, state.centers, train_images[~labelled], names)
     test, _ = _reference_scores(model, frozen, det, state.params, state.centers, test_images, names)
@@ -100,7 +101,6 @@ def test_scores_statistics_and_fusion_match_a_numpy_reference(tiny_config, rando
 
 def test_a_scorer_the_model_lacks_is_refused(tiny_config, random_images, tmp_path):
     config = tiny_config(**{"eval.scorer": ("rotation",), "eval.plots": False})
-    names = anomem.scale_names(config.model.scales)
     images = random_images(8)
     mesh = parallel.make_mesh(jax.devices()[:1])
     model = anomem.AnoMem(**config.model)
@@ -109,8 +109,7 @@ def test_a_scorer_the_model_lacks_is_refused(tiny_config, random_images, tmp_pat
     data = protocols.ProtocolData(images, np.zeros(8, bool), images, np.array([0, 1] * 4, np.int32),
                                   np.zeros(8, np.int64), None)
     with pytest.raises(ValueError, match="rotation"):
-        evaluate.evaluate(config, data, stage2.make_score_fn(None, model, mesh), (frozen, None, None), names,
-                          str(tmp_path), mesh)
+        evaluate.evaluate(config, data, stage2.score_function(None, model), {"frozen": frozen}, str(tmp_path), mesh)
 
 
 def test_patch_knn_scores_the_worst_position_against_held_out_training_patches():

@@ -30,6 +30,7 @@ class ProtocolData:
     # at eval.linear_eval_max_examples, a seeded subset), for the linear probe.
     probe: tuple[sources.Split, sources.Split] | None = None
     test_paths: np.ndarray | None = None  # str [M], the files of image-folder datasets
+    class_names: tuple[str, ...] | None = None  # the dataset's class names, by label
 
     @property
     def num_train_normal(self) -> int:
@@ -53,7 +54,7 @@ def build_protocol(config: ml_collections.ConfigDict) -> ProtocolData:
         coarse_label=config.coarse_label and name == config.dataset,
         image_folder_dir=config.image_folder_dir)
     train, test = load(config.dataset, "train"), load(config.dataset, "test")
-    data = _select(config, train, test, load)
+    data = dataclasses.replace(_select(config, train, test, load), class_names=train.class_names)
     if config.eval.linear_eval:
         if len(train) > config.eval.linear_eval_max_examples:
             pick = np.random.default_rng([config.seed, 8]).choice(len(train), config.eval.linear_eval_max_examples,

@@ -16,8 +16,9 @@ import numpy as np
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-    """One split of a dataset: uint8 images [N, S, S, C] and int64 labels [N]; for image
-    folders also each image's file path and the class (folder) names, by label."""
+    """One split of a dataset: uint8 images [N, S, S, C] and int64 labels [N], the class
+    names by label where the source has them, and for image folders each image's file
+    path."""
 
     images: np.ndarray
     labels: np.ndarray
@@ -39,11 +40,12 @@ def load_split(dataset: str, split: str, image_size: int, channels: int, *,
     paths = names = None
     if dataset == "digits":
         images, labels = _digits(split)
+        names = tuple(str(k) for k in range(10))
     elif dataset == "image_folder":
         ds, names = _image_folder(image_folder_dir, split)
         images, labels, paths = _tf_dataset_to_numpy(ds, "label", image_size, path_key="image/filename")
     else:
-        images, labels = _tfds(dataset, split, data_dir, coarse_label, image_size)
+        images, labels, names = _tfds(dataset, split, data_dir, coarse_label, image_size)
     images = _resize(images, image_size)
     return Split(_to_channels(images, channels), labels.astype(np.int64), paths, names)
 
@@ -88,7 +90,8 @@ def _tfds(name: str, split: str, data_dir: str | None, coarse_label: bool, image
     try:
         # No download at run time: offline, TFDS would retry for minutes and end in a
         # long traceback; the data is prepared once with `tfds build`.
-        ds = tfds.load(name, split=split, data_dir=data_dir, shuffle_files=False, download=False)
+        ds, info = tfds.load(name, split=split, data_dir=data_dir, shuffle_files=False, download=False,
+                             with_info=True)
     except AssertionError as e:
         if "could not find data" not in str(e):
             raise
@@ -97,7 +100,9 @@ def _tfds(name: str, split: str, data_dir: str | None, coarse_label: bool, image
             f"dataset {name!r} is not prepared in {root} (config.data_dir, else TFDS_DATA_DIR, else "
             f"~/tensorflow_datasets); on a machine with network run `tfds build {name} --data_dir=DIR`, copy DIR "
             f"here and pass data_dir=DIR or set TFDS_DATA_DIR=DIR") from None
-    return _tf_dataset_to_numpy(ds, "coarse_label" if coarse_label else "label", image_size)
+    label_key = "coarse_label" if coarse_label else "label"
+    names = getattr(info.features[label_key], "names", None) if label_key in info.features else None
+    return *_tf_dataset_to_numpy(ds, label_key, image_size), None if names is None else tuple(names)
 
 
 def _image_folder(root: str, split: str):
@@ -114,19 +119,8 @@ def _tf_dataset_to_numpy(ds, label_key: str, image_size: int, path_key: str | No
     import tensorflow as tf
 
     def prepare(example):
-        image = example["image"]
-        if image.shape.rank != 3 or image.shape[-1] is None:
-            # Decoded files of unknown channel count (image folders): force RGB.
-            image = tf.ensure_shape(image, [None, None, None])
-            image = tf.cond(tf.shape(image)[-1] == 1, lambda: tf.tile(image, [1, 1, 3]), lambda: image[..., :3])
-            image = tf.ensure_shape(image, [None, None, 3])
-        # Images of varying sizes (CUB, image folders) are resized here so they batch.
-        # Images already of the requested (static) size skip it: for 28x28 Fashion-MNIST
-        # at image_size=28 the identity resize was most of the load time.
-        if image.shape[0] != image_size or image.shape[1] != image_size or image.dtype != tf.uint8:
-            image = tf.image.resize(image, (image_size, image_size), antialias=True)
-            image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
-        return image, example[label_key], example[path_key] if path_key else tf.constant(b"")
+        return _prepare_image(example["image"], image_size), example[label_key], \
+            example[path_key] if path_key else tf.constant(b"")
 
     ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).batch(4096).prefetch(2)
     images, labels, paths = [], [], []
@@ -139,6 +133,58 @@ def _tf_dataset_to_numpy(ds, label_key: str, image_size: int, path_key: str | No
     if path_key:
         return np.concatenate(images), np.concatenate(labels), np.char.decode(np.concatenate(paths).astype(bytes))
     return np.concatenate(images), np.concatenate(labels)
+
+
+def _prepare_image(image, image_size: int):
+    """One decoded image (a tf.Tensor [H, W, C]) as the model sees it: RGB when its channel
+    count is unknown, resized to image_size (antialiased bilinear) unless it has that size,
+    uint8."""
+    import tensorflow as tf
+
+    if image.shape.rank != 3 or image.shape[-1] is None:
+        # Decoded files of unknown channel count (image folders): force RGB.
+        image = tf.ensure_shape(image, [None, None, None])
+        image = tf.cond(tf.shape(image)[-1] == 1, lambda: tf.tile(image, [1, 1, 3]), lambda: image[..., :3])
+        image = tf.ensure_shape(image, [None, None, 3])
+    # Images of varying sizes (CUB, image folders) are resized here so they batch.
+    # Images already of the requested (static) size skip it: for 28x28 Fashion-MNIST
+    # at image_size=28 the identity resize was most of the load time.
+    if image.shape[0] != image_size or image.shape[1] != image_size or image.dtype != tf.uint8:
+        image = tf.image.resize(image, (image_size, image_size), antialias=True)
+        image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+    return image
+
+
+# Suffixes read_image_file decodes (TensorFlow's decoders, Pillow for TIFF).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def read_image_file(path: str, image_size: int, channels: int) -> np.ndarray:
+    """One image file as training reads image folders: uint8 [S, S, channels]. PNG, JPEG,
+    BMP and GIF go through TensorFlow's decoders (as tfds's ImageFolder), TIFF through
+    Pillow; both are then prepared alike. Raises ValueError for a file that does not decode."""
+    import tensorflow as tf
+
+    if path.lower().endswith((".tif", ".tiff")):
+        from PIL import Image
+
+        try:
+            with Image.open(path) as im:
+                array = np.asarray(im.convert("RGBA" if "A" in im.getbands() else "RGB"))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path}: not a decodable image ({e})") from None
+        image = tf.constant(array)
+    else:
+        try:
+            image = tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
+        except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:
+            reason = e.message.split("}}")[-1].split("[Op:")[0].strip()  # TF's text without its op trace
+            raise ValueError(f"{path}: not a decodable image ({reason})") from None
+    if image.shape[-1] == 2:  # gray + alpha
+        image = image[..., :1]
+    # Eagerly the channel count is known, so _prepare_image keeps it; _to_channels then
+    # converts as the folder pipeline's RGB step followed by _to_channels would.
+    return _to_channels(_prepare_image(image, image_size).numpy(), channels)
 
 
 def _resize(images: np.ndarray, size: int) -> np.ndarray:

@@ -1,0 +1,149 @@
+"""Scores image files with an exported model.
+
+  python -m mscad_jax.score --model=PATH --output=scores.csv [--heatmaps=DIR] PATH...
+
+Inputs are files or folders (searched recursively, hidden files ignored). PNG, JPEG,
+BMP, GIF and TIFF files are read, resized and converted to the model's channels as
+training reads image folders (sources.read_image_file); anything else, and any file
+that does not decode, is skipped with one warning line and counted in the summary.
+The CSV has one row per image: path, score, is_anomaly (score above the artifact's
+threshold), each scorer's score and the per-scale scores. `--heatmaps` writes an
+overlay PNG per image, coloured by one range for the whole run (the artifact's
+heatmap_range, from normal statistics), never per image. Outputs are written
+atomically; with no image to score the command ends with status 2 and writes nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+from collections.abc import Iterator
+
+import numpy as np
+from absl import app, flags
+
+from mscad_jax import cli, exported, files, logs
+
+_MODEL = flags.DEFINE_string("model", None, "An exported model directory (python -m mscad_jax.export).")
+_OUTPUT = flags.DEFINE_string("output", None, "The CSV to write.")
+_HEATMAPS = flags.DEFINE_string("heatmaps", None, "Also write an overlay PNG per image into this directory.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Images scored per call (default: the model's "
+                                   "evaluation batch, whose scores match the training code's exactly).")
+flags.mark_flags_as_required(["model", "output"])
+
+
+def find_files(inputs: list[str]) -> list[str]:
+    """Every file named or under a named folder, in a stable (sorted) order."""
+    found = []
+    for path in inputs:
+        if os.path.isfile(path):
+            found.append(path)
+        elif os.path.isdir(path):
+            for root, dirs, names in os.walk(path):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                found += [os.path.join(root, n) for n in sorted(names) if not n.startswith(".")]
+        else:
+            raise FileNotFoundError(f"{path}: no such file or folder")
+    return found
+
+
+def _read(paths: list[str], image_size: int, channels: int) -> Iterator[tuple[str, np.ndarray | None, str]]:
+    from mscad_jax.data import sources
+
+    for path in paths:
+        if not path.lower().endswith(sources.IMAGE_SUFFIXES):
+            yield path, None, f"{path}: not an image file (reads {', '.join(sources.IMAGE_SUFFIXES)})"
+            continue
+        try:
+            yield path, sources.read_image_file(path, image_size, channels), ""
+        except ValueError as e:
+            yield path, None, str(e)
+
+
+def score_files(model: exported.ExportedModel, paths: list[str],
+                heatmaps: str | None = None) -> tuple[dict[str, list], list[str]]:
+    """Scores `paths` in batches; returns the CSV columns and the skipped files' reasons."""
+    from mscad_jax import plots
+
+    size, _, channels = model.image_shape
+    columns: dict[str, list] = {}
+    skipped: list[str] = []
+    progress = logs.ProgressLine("score", len(paths), unit="file")
+    pending: list[tuple[str, np.ndarray]] = []
+    done = 0
+    heat_range = tuple(model.metadata["heatmap_range"])
+
+    def flush():
+        batch = np.stack([image for _, image in pending])
+        out = model.score(batch)
+        per_image = {k: v for k, v in out.items() if k != "map"}
+        order = ["score"] + sorted(k for k in per_image if k != "score")
+        for i, (path, image) in enumerate(pending):
+            columns.setdefault("path", []).append(path)
+            columns.setdefault("score", []).append(float(out["score"][i]))
+            columns.setdefault("is_anomaly", []).append(int(out["score"][i] > model.threshold))
+            for key in order[1:]:  # scorers named as in a training run's scores.csv
+                columns.setdefault(key.removeprefix("score/"), []).append(float(per_image[key][i]))
+            if heatmaps:
+                name = f"{len(columns['path']) - 1:06d}_{os.path.splitext(os.path.basename(path))[0]}.png"
+                target = os.path.join(heatmaps, name)
+                _write_png(target, plots.heatmap_overlay(image, out["map"][i], heat_range))
+                columns.setdefault("heatmap", []).append(target)
+        pending.clear()
+
+    for path, image, problem in _read(paths, size, channels):
+        done += 1
+        if image is None:
+            skipped.append(problem)
+            print(f"warning: skipped {problem}", file=sys.stderr)
+        else:
+            pending.append((path, image))
+            if len(pending) == model.batch_size:
+                flush()
+        if done % max(1, model.batch_size // 4) == 0 or done == len(paths):
+            progress.update(done)
+    if pending:
+        flush()
+    return columns, skipped
+
+
+def _write_png(path: str, rgb: np.ndarray) -> None:
+    from PIL import Image
+
+    with files.atomic_write(path, "wb") as f:
+        Image.fromarray(rgb).save(f, format="PNG")
+
+
+def write_csv(path: str, columns: dict[str, list]) -> None:
+    with files.atomic_write(path) as f:
+        out = csv.writer(f)
+        out.writerow(columns)
+        for row in zip(*columns.values()):
+            out.writerow([f"{v:.9g}" if isinstance(v, float) else v for v in row])
+
+
+def main(argv: list[str]) -> None:
+    inputs = argv[1:]
+    logs.setup_console()
+    if not inputs:
+        cli.refuse("name the image files or folders to score")
+    try:
+        model = exported.load(_MODEL.value, _BATCH_SIZE.value)
+        paths = find_files(inputs)
+    except (exported.ArtifactError, FileNotFoundError) as e:
+        cli.refuse(str(e))
+    if not paths:
+        cli.refuse(f"no files found in {' '.join(inputs)}")
+    columns, skipped = score_files(model, paths, _HEATMAPS.value)
+    if not columns:
+        cli.refuse(f"none of the {len(paths)} files is a decodable image; nothing written")
+    write_csv(_OUTPUT.value, columns)
+    flagged = sum(columns["is_anomaly"])
+    print(f"scored {len(columns['path'])} images -> {_OUTPUT.value}; {flagged} above the threshold "
+          f"{model.threshold:.4g}; {len(skipped)} files skipped (not decodable images)"
+          + (f"; heatmaps in {_HEATMAPS.value}" if _HEATMAPS.value else ""))
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=cli.parse_flags)

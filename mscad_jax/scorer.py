@@ -1,0 +1,167 @@
+"""The one scoring function: uint8 images -> final score, each scorer's score, the
+per-scale scores and the localisation map.
+
+`fit` measures what a score depends on beyond the trained weights, on normal training
+images: the k-NN bank (their L2-normalised pooled features per scale), the normal
+statistics (mean, std) of every per-scale score and of every scorer, and the threshold
+(a percentile of their final scores). Together with the frozen stage-1 variables and the
+stage-2 detector it forms the scorer state, a pytree of arrays. `make_scorer` returns the
+pure function `(state, images) -> scores`: evaluation jits it over the mesh,
+`mscad_jax.export` serialises it with jax.export, and `mscad_jax.score` runs the exported
+artifact, so the three cannot disagree.
+
+Outputs, per image: 'score' (the sum of the chosen scorers, each standardised on normal
+data), 'score/<scorer>' for every scorer the model has, the raw per-scale scores
+'<prefix>/<scale>' (a: detector distance, a0: training-free energy, knn: k-NN cosine
+distance, patch_memory: worst patch's distance to the memory) and 'map' [H, W] (see
+fusion.localisation_maps).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mscad_jax import files, fusion, knn, losses
+
+# The threshold is this percentile of the final scores of normal training images.
+THRESHOLD_PERCENTILE = 95.0
+
+ScorerState = dict[str, Any]  # frozen, detector, centers, bank, stats, scorer_stats, threshold
+
+
+@dataclasses.dataclass(frozen=True)
+class ScorerSpec:
+    """What the scoring function is, beside its arrays (written as spec.json)."""
+
+    names: tuple[str, ...]  # scale names, e.g. scale2, scale3, scale4
+    weights: tuple[float, ...]  # w_s per scale
+    scorers: tuple[str, ...]  # the chosen scorers summed into 'score'
+    available: tuple[str, ...]  # every scorer the model produces
+    knn_k: int
+    threshold_percentile: float = THRESHOLD_PERCENTILE
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "ScorerSpec":
+        return cls(**{f.name: tuple(d[f.name]) if isinstance(d[f.name], list) else d[f.name]
+                      for f in dataclasses.fields(cls)})
+
+
+def knn_distance(features: jax.Array, bank: jax.Array, k: int) -> jax.Array:
+    """Mean cosine distance of each row of `features` to its k nearest rows of the
+    L2-normalised `bank` (the jitted counterpart of knn.knn_distance)."""
+    similarity = losses.l2_normalize(features) @ bank.T
+    return jnp.mean(1.0 - jax.lax.top_k(similarity, k)[0], axis=-1)
+
+
+def fuse(raw: dict[str, Any], state: ScorerState, spec: ScorerSpec) -> dict[str, jax.Array]:
+    """Per-scale scores (k-NN included) -> the scorer outputs (module docstring)."""
+    by_scorer = fusion.scorer_scores(raw, state["stats"], spec.names, spec.weights)
+    out = {"score": fusion.final_score(by_scorer, state["scorer_stats"], spec.scorers)}
+    out |= {f"score/{s}": v for s, v in by_scorer.items()}
+    out |= {k: v for k, v in raw.items() if k.split("/")[0] in fusion.SCORERS.values() or k.startswith("patches/")}
+    if f"map/{spec.names[0]}" in raw:
+        out["map"] = fusion.localisation_maps(raw, state["stats"], spec.names, spec.weights)
+    return out
+
+
+def make_scorer(raw_fn: Callable, spec: ScorerSpec) -> Callable[[ScorerState, jax.Array], dict[str, jax.Array]]:
+    """The pure scoring function `(state, images uint8 [B, H, W, C]) -> outputs`.
+
+    `raw_fn` is stage2.score_function: (frozen, detector params, centres, images) -> raw
+    per-scale scores, maps and pooled features.
+    """
+
+    def score(state: ScorerState, images: jax.Array) -> dict[str, jax.Array]:
+        raw = raw_fn(state["frozen"], state["detector"], state["centers"], images)
+        for n in spec.names:
+            raw[f"knn/{n}"] = knn_distance(raw.pop(f"feature/{n}"), state["bank"][n], spec.knn_k)
+        return fuse(raw, state, spec)
+
+    return score
+
+
+def fit(train: dict[str, np.ndarray], variables: dict[str, Any], names: tuple[str, ...],
+        weights: tuple[float, ...], scorers: tuple[str, ...], knn_k: int,
+        threshold_percentile: float = THRESHOLD_PERCENTILE) -> tuple[ScorerState, ScorerSpec]:
+    """The scorer state from `train`, the raw scores of normal training images.
+
+    `variables` holds 'frozen', 'detector' and 'centers'. Each training image's k-NN
+    score leaves the image itself out of the bank (scikit-learn's search), so its
+    statistics are those of an unseen normal image.
+    """
+    train = dict(train)
+    bank = {}
+    for n in names:
+        features = train.pop(f"feature/{n}")
+        bank[n] = np.asarray(losses.l2_normalize(jnp.asarray(features)))
+        train[f"knn/{n}"] = knn.knn_distance(features, None, knn_k)
+    stats = {k: np.asarray(v, np.float32) for k, v in fusion.normal_statistics(train).items()}
+    by_scorer = {s: np.asarray(v) for s, v in fusion.scorer_scores(train, stats, names, weights).items()}
+    missing = [s for s in scorers if s not in by_scorer]
+    if missing:
+        raise ValueError(f"eval.scorer names {missing}, which this model does not produce "
+                         f"(available: {', '.join(by_scorer)})")
+    scorer_stats = {s: np.array([v.mean(), v.std()], np.float32) for s, v in by_scorer.items()}
+    final = np.asarray(fusion.final_score(by_scorer, scorer_stats, scorers))
+    state = {**variables, "bank": bank, "stats": stats, "scorer_stats": scorer_stats,
+             "threshold": np.float32(np.percentile(final, threshold_percentile))}
+    spec = ScorerSpec(tuple(names), tuple(float(w) for w in weights), tuple(scorers), tuple(by_scorer), int(knn_k),
+                      float(threshold_percentile))
+    return state, spec
+
+
+# ---- the state on disk: arrays.npz (flat names, no pickle) + spec.json ----------------
+
+SEPARATOR = "."
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
+    """{'frozen.params.encoder.Conv_0.kernel': array, ...}; empty dicts vanish."""
+    out = {}
+    for key, value in tree.items():
+        if SEPARATOR in key:
+            raise ValueError(f"state key {key!r} contains {SEPARATOR!r}")
+        if isinstance(value, dict) or hasattr(value, "items"):
+            out |= flatten(dict(value.items()), f"{prefix}{key}{SEPARATOR}")
+        else:
+            out[f"{prefix}{key}"] = np.asarray(value)
+    return out
+
+
+def unflatten(flat: dict[str, np.ndarray]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(SEPARATOR)
+        node = tree
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return tree
+
+
+def with_defaults(state: dict[str, Any]) -> ScorerState:
+    """A state without stage 2 has no detector or centres: empty subtrees."""
+    return {"detector": {}, "centers": {}, **state}
+
+
+def save(directory: str, state: ScorerState, spec: ScorerSpec) -> None:
+    """Writes `directory/arrays.npz` and `directory/spec.json`, each atomically."""
+    flat = flatten(jax.tree.map(np.asarray, state))
+    with files.atomic_write(os.path.join(directory, "arrays.npz"), "wb") as f:
+        np.savez(f, **flat)
+    files.write_json_atomic(os.path.join(directory, "spec.json"), dataclasses.asdict(spec))
+
+
+def load(directory: str) -> tuple[ScorerState, ScorerSpec]:
+    with np.load(os.path.join(directory, "arrays.npz"), allow_pickle=False) as z:
+        state = with_defaults(unflatten({k: z[k] for k in z.files}))
+    with open(os.path.join(directory, "spec.json"), encoding="utf-8") as f:
+        spec = ScorerSpec.from_json(json.load(f))
+    return state, spec

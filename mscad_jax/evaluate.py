@@ -101,7 +101,7 @@ def evaluate(config: ml_collections.ConfigDict, data: protocols.ProtocolData, ra
         stats |= held_out_stats
         test["score/patch_knn"] = np.asarray(fusion.combine(test, held_out_stats, "patch_knn", names, weights))
     final = test["score"]
-    test_by_scorer = {k.split("/", 1)[1]: v for k, v in test.items() if k.startswith("score/")}
+    test_by_scorer = {s: test[f"score/{s}"] for s in (*fusion.SCORERS, "patch_knn") if f"score/{s}" in test}
     labels = data.test_labels
     maps = test["map"]
     image = metrics.image_metrics(final, labels)

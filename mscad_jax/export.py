@@ -29,11 +29,17 @@ from mscad_jax import config as config_lib
 from mscad_jax import exported as exported_lib
 from mscad_jax.models import anomem
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A workdir whose job finished (both stages and evaluation).")
-_OUTPUT = flags.DEFINE_string("output", None, "Directory to write the artifact to (replaced if it holds one).")
-_PLATFORMS = flags.DEFINE_list("platforms", ["cpu", "cuda", "tpu"], "Platforms to lower for; cpu is required, "
-                               "the others are kept where the installed jax can lower for them.")
-flags.mark_flags_as_required(["workdir", "output"])
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The command's flags, defined only when it runs (the module is also a library)."""
+    flags.DEFINE_string("workdir", None, "A workdir whose job finished (both stages and evaluation).")
+    flags.DEFINE_string("output", None, "Directory to write the artifact to (replaced if it holds one).")
+    flags.DEFINE_list("platforms", ["cpu", "cuda", "tpu"], "Platforms to lower for; cpu is required, the others "
+                      "are kept where the installed jax can lower for them.")
+    flags.mark_flags_as_required(["workdir", "output"])
+
 
 PREPROCESSING = ("Decode the file; grayscale is tiled to RGB and an alpha channel dropped; resize to "
                  "image_size x image_size with tf.image.resize (bilinear, antialias) unless already that size; "
@@ -179,13 +185,14 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logs.setup_console()
     try:
-        metadata = export(_WORKDIR.value, _OUTPUT.value, _PLATFORMS.value)
+        metadata = export(FLAGS.workdir, FLAGS.output, FLAGS.platforms)
     except (FileNotFoundError, FileExistsError, config_lib.ConfigError) as e:
         cli.refuse(str(e))
     logging.info("exported %s", metadata)
-    print(f"exported {_WORKDIR.value} -> {_OUTPUT.value} (platforms: {', '.join(metadata['platforms'])}; "
+    print(f"exported {FLAGS.workdir} -> {FLAGS.output} (platforms: {', '.join(metadata['platforms'])}; "
           f"threshold {metadata['threshold']:.4g}, {metadata['threshold_rule']})")
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main, flags_parser=cli.parse_flags)

@@ -25,12 +25,17 @@ from absl import app, flags
 
 from mscad_jax import cli, exported, files, logs
 
-_MODEL = flags.DEFINE_string("model", None, "An exported model directory (python -m mscad_jax.export).")
-_OUTPUT = flags.DEFINE_string("output", None, "The CSV to write.")
-_HEATMAPS = flags.DEFINE_string("heatmaps", None, "Also write an overlay PNG per image into this directory.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Images scored per call (default: the model's "
-                                   "evaluation batch, whose scores match the training code's exactly).")
-flags.mark_flags_as_required(["model", "output"])
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The command's flags, defined only when it runs (the module is also a library)."""
+    flags.DEFINE_string("model", None, "An exported model directory (python -m mscad_jax.export).")
+    flags.DEFINE_string("output", None, "The CSV to write.")
+    flags.DEFINE_string("heatmaps", None, "Also write an overlay PNG per image into this directory.")
+    flags.DEFINE_integer("batch_size", None, "Images scored per call (default: the model's evaluation batch, "
+                         "whose scores match the training code's exactly).")
+    flags.mark_flags_as_required(["model", "output"])
 
 
 def find_files(inputs: list[str]) -> list[str]:
@@ -129,21 +134,22 @@ def main(argv: list[str]) -> None:
     if not inputs:
         cli.refuse("name the image files or folders to score")
     try:
-        model = exported.load(_MODEL.value, _BATCH_SIZE.value)
+        model = exported.load(FLAGS.model, FLAGS.batch_size)
         paths = find_files(inputs)
     except (exported.ArtifactError, FileNotFoundError) as e:
         cli.refuse(str(e))
     if not paths:
         cli.refuse(f"no files found in {' '.join(inputs)}")
-    columns, skipped = score_files(model, paths, _HEATMAPS.value)
+    columns, skipped = score_files(model, paths, FLAGS.heatmaps)
     if not columns:
         cli.refuse(f"none of the {len(paths)} files is a decodable image; nothing written")
-    write_csv(_OUTPUT.value, columns)
+    write_csv(FLAGS.output, columns)
     flagged = sum(columns["is_anomaly"])
-    print(f"scored {len(columns['path'])} images -> {_OUTPUT.value}; {flagged} above the threshold "
+    print(f"scored {len(columns['path'])} images -> {FLAGS.output}; {flagged} above the threshold "
           f"{model.threshold:.4g}; {len(skipped)} files skipped (not decodable images)"
-          + (f"; heatmaps in {_HEATMAPS.value}" if _HEATMAPS.value else ""))
+          + (f"; heatmaps in {FLAGS.heatmaps}" if FLAGS.heatmaps else ""))
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main, flags_parser=cli.parse_flags)

@@ -1,0 +1,222 @@
+"""Export, loading without the training code, and the scoring command, on a tiny job of
+the default (digits) dataset: the exported scores are the evaluation's scores."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mscad_jax import config as config_lib
+from mscad_jax import export, exported, plots, score, train
+from mscad_jax.data import protocols, sources
+
+from conftest import make_tiny_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The commands compile as this suite does (conftest), so their rounding is the same.
+ENV = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu", "JAX_DISABLE_MOST_OPTIMIZATIONS": "true"}
+
+
+def _read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    """A finished tiny digits job (rotation head, three scorers summed) and its export."""
+    root = tmp_path_factory.mktemp("export")
+    config = config_lib.chosen_method(make_tiny_config(dataset="digits", normal_class=0))
+    config.eval.scorer = ("knn", "rotation", "detector")
+    config.eval.plots = False
+    workdir, artifact = str(root / "run"), str(root / "model")
+    results = train.train_and_evaluate(config, workdir)
+    metadata = export.export(workdir, artifact, ["cpu"])
+    return {"config": config, "workdir": workdir, "artifact": artifact, "results": results, "metadata": metadata,
+            "data": protocols.build_protocol(config), "root": root}
+
+
+def test_exported_scores_equal_the_evaluation_scores(job):
+    model = exported.load(job["artifact"])
+    out = model.score(job["data"].test_images)
+    rows = _read_csv(os.path.join(job["workdir"], "scores.csv"))
+    assert len(rows) == len(out["score"]) == 540
+    for column, key in (("score", "score"), ("knn", "score/knn"), ("rotation", "score/rotation"),
+                        ("detector", "score/detector"), ("a/scale3", "a/scale3"), ("knn/scale4", "knn/scale4"),
+                        ("a0/scale2", "a0/scale2")):
+        want = np.array([float(r[column]) for r in rows])
+        np.testing.assert_allclose(out[key], want, rtol=1e-5, atol=1e-5, err_msg=column)
+    assert out["map"].shape == (540, 8, 8)
+    # Any number of images: the last batch is padded, the rows do not change.
+    np.testing.assert_allclose(model.score(job["data"].test_images[:3])["score"], out["score"][:3], atol=1e-5)
+
+
+def test_metadata_describes_the_model(job):
+    meta = job["metadata"]
+    assert meta["input"] == {"dtype": "uint8", "shape": ["N", 8, 8, 1], "image_size": 8, "channels": 1}
+    assert meta["platforms"] == ["cpu"] and meta["scales"] == ["scale2", "scale3", "scale4"]
+    assert meta["scorers"] == ["knn", "rotation", "detector"]
+    assert meta["threshold"] == pytest.approx(job["results"]["threshold"])
+    assert meta["class_names"] == [str(k) for k in range(10)] and meta["normal_class"] == 0
+    assert set(meta["files"]) == {exported.MODEL_FILE, exported.WEIGHTS_FILE}
+    assert set(meta["normal_statistics"]["per_scorer"]) >= {"knn", "rotation", "detector", "a0"}
+    for name in ("jax", "jaxlib", "mscad_jax"):
+        assert meta["versions"][name]
+    with open(os.path.join(job["artifact"], exported.METADATA_FILE)) as f:
+        assert json.load(f) == json.loads(json.dumps(meta))
+    # The threshold flags about (100 - percentile)% of normal training images.
+    normal = job["data"].train_images
+    flagged = np.mean(exported.load(job["artifact"]).score(normal)["score"] > meta["threshold"])
+    assert 0.0 < flagged < 0.3
+
+
+def test_loading_needs_neither_flax_nor_the_training_code(job):
+    code = ("import sys, numpy as np; from mscad_jax import exported; "
+            f"m = exported.load({job['artifact']!r}); out = m.score(np.zeros((2, 8, 8, 1), np.uint8)); "
+            "print(sorted(k for k in sys.modules if k.split('.')[0] in ('flax', 'optax', 'tensorflow', "
+            "'ml_collections') or k in ('mscad_jax.config', 'mscad_jax.stage2', 'mscad_jax.models.anomem'))); "
+            "print(out['score'].shape)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["[]", "(2,)"]
+
+
+@pytest.mark.parametrize("damage", ["truncate_weights", "alter_model", "break_metadata", "remove_weights"])
+def test_a_damaged_artifact_is_refused(job, tmp_path, damage):
+    path = str(tmp_path / "model")
+    shutil.copytree(job["artifact"], path)
+    if damage == "truncate_weights":
+        weights = os.path.join(path, exported.WEIGHTS_FILE)
+        os.truncate(weights, os.path.getsize(weights) // 2)
+        match = "SHA-256"
+    elif damage == "alter_model":
+        with open(os.path.join(path, exported.MODEL_FILE), "r+b") as f:
+            f.seek(100)
+            byte = f.read(1)
+            f.seek(100)
+            f.write(bytes([byte[0] ^ 1]))
+        match = "SHA-256"
+    elif damage == "break_metadata":
+        meta = os.path.join(path, exported.METADATA_FILE)
+        os.truncate(meta, os.path.getsize(meta) - 20)
+        match = "not valid JSON"
+    else:
+        os.remove(os.path.join(path, exported.WEIGHTS_FILE))
+        match = "lacks weights.npz"
+    with pytest.raises(exported.ArtifactError, match=match):
+        exported.load(path)
+
+
+def test_score_rejects_images_of_the_wrong_shape(job):
+    with pytest.raises(ValueError, match=r"uint8 \[N, 8, 8, 1\]"):
+        exported.load(job["artifact"]).score(np.zeros((2, 8, 8, 3), np.uint8))
+
+
+def _run(module, *args):
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=ENV, cwd=REPO)
+
+
+def test_export_refuses_an_unfinished_workdir(job, tmp_path):
+    partial = tmp_path / "partial"
+    shutil.copytree(job["workdir"], partial)
+    shutil.rmtree(partial / "checkpoints" / "stage2")
+    output = tmp_path / "out"
+    done = _run("mscad_jax.export", f"--workdir={partial}", f"--output={output}")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [f"error: {partial} holds no stage2 checkpoint: run the job first "
+                                                f"(python -m mscad_jax.main --config=... --workdir={partial})"]
+    assert not output.exists() and not any(p.name.startswith("out.") for p in tmp_path.iterdir())
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        export.export(str(tmp_path / "nothing"), str(output))
+    shutil.copytree(os.path.join(job["workdir"], "checkpoints", "stage2"), partial / "checkpoints" / "stage2")
+    shutil.rmtree(partial / "scorer")
+    with pytest.raises(FileNotFoundError, match="no fitted scorer .*--mode=evaluate"):
+        export.export(str(partial), str(output))
+    assert not output.exists()
+
+
+def test_reading_a_file_matches_reading_the_image_folder(tmp_path):
+    """read_image_file (the scoring command's reader) gives the pixels that training reads
+    from an image folder, for gray, RGB and RGBA files of other sizes."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "data" / "train" / "good"
+    folder.mkdir(parents=True)
+    Image.fromarray(rng.integers(0, 256, (20, 20), dtype=np.uint8), "L").save(folder / "a.png")
+    Image.fromarray(rng.integers(0, 256, (13, 17, 3), dtype=np.uint8), "RGB").save(folder / "b.png")
+    Image.fromarray(rng.integers(0, 256, (8, 8, 4), dtype=np.uint8), "RGBA").save(folder / "c.png")
+    Image.fromarray(rng.integers(0, 256, (30, 30, 3), dtype=np.uint8), "RGB").save(folder / "d.jpg", quality=90)
+    for channels in (1, 3):
+        split = sources.load_split("image_folder", "train", 8, channels, image_folder_dir=str(tmp_path / "data"))
+        for image, path in zip(split.images, split.paths):
+            np.testing.assert_array_equal(sources.read_image_file(path, 8, channels), image, err_msg=path)
+
+
+def test_heatmap_colours_do_not_depend_on_the_rest_of_the_image():
+    image = np.zeros((4, 4, 1), np.uint8)
+    quiet, loud = np.ones((4, 4)), np.ones((4, 4))
+    loud[0, 0] = 50.0
+    a = plots.heatmap_overlay(image, quiet, (0.0, 9.0), min_size=4)
+    b = plots.heatmap_overlay(image, loud, (0.0, 9.0), min_size=4)
+    assert a.shape == (4, 4, 3) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a[1:, 1:], b[1:, 1:])  # the same heat, the same colour
+    assert not np.array_equal(a[0, 0], b[0, 0])
+    assert plots.heatmap_overlay(image, quiet, (0.0, 9.0), min_size=256).shape == (256, 256, 3)
+
+
+def test_score_command_on_folders(job, tmp_path):
+    images = job["data"].test_images[:6]
+    inputs = tmp_path / "in"
+    (inputs / "nested").mkdir(parents=True)
+    for i, image in enumerate(images):
+        target = inputs / ("nested" if i % 2 else "") / f"{i}.{'tiff' if i == 3 else 'png'}"
+        Image.fromarray(image[..., 0]).save(target)
+    (inputs / "notes.txt").write_text("not an image")
+    (inputs / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (inputs / ".hidden.png").write_bytes(b"ignored")
+    output, heatmaps = tmp_path / "scores.csv", tmp_path / "heat"
+    done = _run("mscad_jax.score", f"--model={job['artifact']}", f"--output={output}", f"--heatmaps={heatmaps}",
+                str(inputs))
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("warning: skipped")]
+    assert len(warnings) == 2 and "broken.png" in warnings[0] and "notes.txt" in warnings[1]
+    assert "scored 6 images" in done.stdout and "2 files skipped" in done.stdout
+    rows = _read_csv(output)
+    assert list(rows[0])[:3] == ["path", "score", "is_anomaly"] and "knn/scale4" in rows[0] and "rotation" in rows[0]
+    by_name = {os.path.basename(r["path"]): r for r in rows}
+    want = exported.load(job["artifact"]).score(images)
+    threshold = job["metadata"]["threshold"]
+    for i in range(6):
+        row = by_name[f"{i}.{'tiff' if i == 3 else 'png'}"]
+        assert float(row["score"]) == pytest.approx(float(want["score"][i]), abs=1e-5)
+        assert int(row["is_anomaly"]) == int(want["score"][i] > threshold)
+        with open(row["heatmap"], "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert len(os.listdir(heatmaps)) == 6
+
+
+def test_score_command_without_images_writes_nothing(job, tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "readme.txt").write_text("no images here")
+    output, heatmaps = tmp_path / "scores.csv", tmp_path / "heat"
+    done = _run("mscad_jax.score", f"--model={job['artifact']}", f"--output={output}", f"--heatmaps={heatmaps}",
+                str(inputs))
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == "error: none of the 1 files is a decodable image; nothing written"
+    assert not output.exists() and not heatmaps.exists()
+
+
+def test_find_files_walks_folders_in_order_and_refuses_missing_paths(tmp_path):
+    (tmp_path / "b").mkdir()
+    for name in ("b/2.png", "b/1.png", "a.png", ".skip.png"):
+        (tmp_path / name).write_bytes(b"")
+    assert score.find_files([str(tmp_path)]) == [str(tmp_path / "a.png"), str(tmp_path / "b" / "1.png"),
+                                                 str(tmp_path / "b" / "2.png")]
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+        score.find_files([str(tmp_path / "missing")])

@@ -9,10 +9,9 @@
 # TFDS data is read straight from gs://$BUCKET/tensorflow_datasets (TFDS reads gs:// paths
 # itself; prepare it once with `tfds build cifar10 --data_dir=gs://$BUCKET/tensorflow_datasets`).
 # The workdir must be one directory that every worker sees: orbax writes each host's
-# shards of a checkpoint there. The package writes its workdir through the local file
-# system (results.json, log.txt, scores.csv), so the bucket is mounted with gcsfuse at
-# ~/bucket on every worker and the run goes to ~/bucket/runs/<name>. (A gs:// workdir
-# passed directly is not supported yet.)
+# shards of a checkpoint there. It is gs://$BUCKET/runs/<name>: orbax and TensorBoard's
+# writer use their own gs:// file systems, and results.json, scores.csv, plots and log.txt
+# go through tf.io.gfile (mscad_jax.files), so no mount is needed.
 # First run `python -m mscad_jax.plan --config=... --num_devices=<chips>` to check that the
 # batch divides the mesh and fits in memory.
 set -euo pipefail
@@ -27,7 +26,6 @@ gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" --worker=all --command
   cd mscad_jax
   [ -d .venv ] || (python3 -m venv .venv && .venv/bin/pip -q install -e . 'jax[tpu]' \
       -f https://storage.googleapis.com/jax-releases/libtpu_releases.html)
-  mkdir -p ~/bucket && (mountpoint -q ~/bucket || gcsfuse --implicit-dirs $BUCKET ~/bucket)
   TFDS_DATA_DIR=gs://$BUCKET/tensorflow_datasets .venv/bin/python -m mscad_jax.main \
-      --config=$CONFIG --workdir=\$HOME/bucket/runs/$NAME
+      --config=$CONFIG --workdir=gs://$BUCKET/runs/$NAME
 "

@@ -6,16 +6,17 @@ crash never leaves a half-written checkpoint that a resumed run would pick up.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
+from mscad_jax import files
+
 
 def manager(directory: str, max_to_keep: int = 2) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
-    return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+    return ocp.CheckpointManager(files.absolute(directory), options=options)  # gs:// URLs as they are
 
 
 def abstract_like(state: Any, sharding: jax.sharding.Sharding) -> Any:

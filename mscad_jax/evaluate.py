@@ -167,7 +167,7 @@ def write_plots(directory: str, scores: np.ndarray, data: protocols.ProtocolData
     from the normal statistics: each scale's map is divided by its mean on normal
     training images (fusion.localisation_maps), so a normal pixel sits near sum(weights);
     the range is [0, 3 * sum(weights)] in every run."""
-    os.makedirs(directory, exist_ok=True)
+    files.makedirs(directory)
     plots.plot_roc(scores, data.test_labels, os.path.join(directory, "roc.png"))
     plots.plot_score_histograms(scores, data.test_labels, os.path.join(directory, "score_histograms.png"))
     plots.plot_top_anomalies(data.test_images.astype(np.float32) / 255.0, maps, scores,

@@ -1,11 +1,17 @@
 """Writing result files atomically: a reader (or a resumed run) sees the old file or the
 complete new one, never a partial write.
+
+Workdirs may be bucket URLs (`gs://bucket/run`): orbax and TensorBoard's writer handle
+them through their own file systems, and the files written here go through
+`tf.io.gfile`. An object store has no rename, but an object appears only once its upload
+is complete, which gives the same guarantee.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import os
 import uuid
@@ -13,6 +19,43 @@ from collections.abc import Iterator, Mapping
 from typing import IO, Any
 
 import numpy as np
+
+def is_url(path: str | os.PathLike[str]) -> bool:
+    """Whether `path` names a file system by scheme (gs://, s3://, ...), not a local path."""
+    return "://" in os.fspath(path)
+
+
+def absolute(path: str | os.PathLike[str]) -> str:
+    """A local path made absolute; a URL as it is."""
+    path = os.fspath(path)
+    return path if is_url(path) else os.path.abspath(path)
+
+
+def makedirs(path: str | os.PathLike[str]) -> None:
+    """`mkdir -p` for local paths and bucket URLs."""
+    if is_url(path):
+        import tensorflow as tf
+
+        tf.io.gfile.makedirs(os.fspath(path))
+    else:
+        os.makedirs(path, exist_ok=True)
+
+
+@contextlib.contextmanager
+def _write_object(path: str, mode: str) -> Iterator[IO[Any]]:
+    """Buffers the body in memory and uploads it in one piece when it succeeds."""
+    import tensorflow as tf
+
+    buffer = io.StringIO() if mode == "w" else io.BytesIO()
+    yield buffer
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    # Written beside it and renamed over it (a copy on object stores, which creates the
+    # object in one piece): some file systems append when GFile opens an existing file.
+    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+    with tf.io.gfile.GFile(tmp, mode) as f:
+        f.write(buffer.getvalue())
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[Any]]:
@@ -22,7 +65,8 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[A
     atomic rename on the same filesystem: readers see either the old file or
     the complete new one, never a partial write. If the body raises, the
     temporary file is removed and `path` is left untouched. Parent
-    directories are created as needed.
+    directories are created as needed. A bucket URL is written in one upload
+    when the body succeeds (see the module docstring).
 
     Args:
       path: destination file.
@@ -31,6 +75,10 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[A
     if mode not in ("w", "wb"):
         raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}.")
     path = os.fspath(path)
+    if is_url(path):
+        with _write_object(path, mode) as f:
+            yield f
+        return
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")

@@ -38,14 +38,33 @@ def setup_console(verbose: bool = False) -> None:
 
 class LogFile:
     """Copies INFO and above (our own records, not library chatter) to a file while open;
-    `enabled=False` (processes other than the first) makes it a no-op."""
+    `enabled=False` (processes other than the first) makes it a no-op. For a bucket URL
+    the records go to a local temporary file, uploaded when the block ends (also on an
+    error), as object stores cannot append."""
 
     def __init__(self, path: str, enabled: bool = True):
+        from mscad_jax import files
+
         self.handler = None
+        self.path, self.local = path, path
         if enabled:
-            self.handler = pylogging.FileHandler(path, encoding="utf-8")
+            if files.is_url(path):
+                import tempfile
+
+                fd, self.local = tempfile.mkstemp(suffix=".log.txt")
+                os.close(fd)
+                self._append_existing()
+            self.handler = pylogging.FileHandler(self.local, encoding="utf-8")
             self.handler.setFormatter(pylogging.Formatter("%(asctime)s %(levelname)s %(module)s: %(message)s"))
             self.handler.addFilter(_QuietLibraries())
+
+    def _append_existing(self) -> None:
+        """A resumed run continues the bucket's log, as it does a local one."""
+        import tensorflow as tf
+
+        if tf.io.gfile.exists(self.path):
+            with tf.io.gfile.GFile(self.path, "rb") as src, open(self.local, "wb") as dst:
+                dst.write(src.read())
 
     def __enter__(self) -> "LogFile":
         if self.handler:
@@ -56,6 +75,12 @@ class LogFile:
         if self.handler:
             logging.get_absl_logger().removeHandler(self.handler)
             self.handler.close()
+            if self.local != self.path:
+                from mscad_jax import files
+
+                with open(self.local, "rb") as src, files.atomic_write(self.path, "wb") as dst:
+                    dst.write(src.read())
+                os.remove(self.local)
 
 
 def _duration(seconds: float) -> str:

@@ -39,7 +39,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mode: st
     input_pipeline.steps_per_epoch(len(data.train_images), config.stage2.batch_size)
 
     # Only now, with the config and data known to work, does anything go to the workdir.
-    os.makedirs(workdir, exist_ok=True)
+    files.makedirs(workdir)
     if jax.process_index() == 0:
         files.write_json_atomic(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
     restore_only = mode == "evaluate"

@@ -122,3 +122,27 @@ def test_command_line_runs_the_job(tmp_path):
     assert results["normal_class"] == 2
     assert "| auroc |" in proc.stdout
     assert np.isfinite(results["auroc"])
+
+
+def test_a_bucket_workdir_gets_every_output(tiny_config, tmp_path, monkeypatch):
+    """A gs:// workdir, with TensorFlow's in-memory file system standing in for the bucket:
+    everything but the orbax checkpoints and clu's TensorBoard writer (which reach gs://
+    through etils.epath, which knows no ram://; here sent to a local directory) goes
+    through the bucket's file system."""
+    import tensorflow as tf
+    from clu import metric_writers
+
+    from mscad_jax import checkpoint
+
+    local = lambda url: str(tmp_path / url.replace("://", "_"))  # noqa: E731
+    make_manager, make_writer = checkpoint.manager, metric_writers.create_default_writer
+    monkeypatch.setattr(checkpoint, "manager", lambda directory, keep=2: make_manager(local(directory), keep))
+    monkeypatch.setattr(metric_writers, "create_default_writer",
+                        lambda logdir, **kwargs: make_writer(local(logdir), **kwargs))
+    monkeypatch.chdir(tmp_path)
+    workdir = "ram://bucket/job"
+    train.train_and_evaluate(tiny_config(dataset="digits", normal_class=2), workdir)
+    for name in ("results.json", "config.json", "scores.csv", "log.txt", "scorer/arrays.npz", "scorer/spec.json",
+                 "plots/roc.png"):
+        assert tf.io.gfile.exists(f"{workdir}/{name}"), name
+    assert sorted(os.listdir(tmp_path)) == ["ram_bucket"]  # the redirected checkpoints and events only

@@ -74,3 +74,36 @@ def test_scores_csv_has_a_path_column_for_folder_datasets(tmp_path):
     header, first, second = out.read_text().splitlines()
     assert header == "index,path,class,is_anomaly,score,knn,knn/scale4"
     assert first.startswith("0,/d/test/good/a.png,1,0,0.5,0.1,0.2") and second.startswith("1,/d/test/crack/b.png")
+
+
+# TensorFlow's in-memory file system stands in for a bucket (gs://): same code path.
+def _gfile():
+    import tensorflow as tf
+
+    return tf.io.gfile
+
+
+def test_bucket_urls_are_written_in_one_piece_and_not_on_failure():
+    gfile = _gfile()
+    root = "ram://bucket/run_files"
+    files.write_json_atomic(f"{root}/results.json", {"auroc": np.float32(0.5)})
+    with gfile.GFile(f"{root}/results.json") as f:
+        assert json.loads(f.read()) == {"auroc": 0.5}
+    with files.atomic_write(f"{root}/plots/x.png", "wb") as f:
+        f.write(b"\x89PNG")
+    with gfile.GFile(f"{root}/plots/x.png", "rb") as f:
+        assert f.read() == b"\x89PNG"
+    with pytest.raises(RuntimeError):
+        with files.atomic_write(f"{root}/partial.csv") as f:
+            f.write("half")
+            raise RuntimeError("crash mid-write")
+    assert not gfile.exists(f"{root}/partial.csv")
+    files.makedirs(f"{root}/deep/er")
+    assert gfile.isdir(f"{root}/deep/er")
+
+
+def test_absolute_keeps_urls_and_resolves_local_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert files.absolute("gs://bucket/run/checkpoints") == "gs://bucket/run/checkpoints"
+    assert files.absolute("run") == str(tmp_path / "run")
+    assert files.is_url("gs://b/x") and not files.is_url("/tmp/x")

@@ -32,3 +32,17 @@ def test_log_file_disabled_writes_nothing(tmp_path):
     with logs.LogFile(str(tmp_path / "log.txt"), enabled=False):
         logging.info("x")
     assert not (tmp_path / "log.txt").exists()
+
+
+def test_log_file_on_a_bucket_url_is_uploaded_and_continued_on_resume():
+    import tensorflow as tf
+
+    path = "ram://bucket/run_logs/log.txt"
+    logging.set_verbosity(logging.INFO)
+    with logs.LogFile(path):
+        logging.info("first run")
+    with logs.LogFile(path):
+        logging.info("resumed run")
+    with tf.io.gfile.GFile(path) as f:
+        lines = f.read().splitlines()
+    assert [line.rsplit(": ", 1)[1] for line in lines] == ["first run", "resumed run"]

@@ -28,6 +28,7 @@ DATASETS: dict[str, tuple[int, int | None, int]] = {
 PROTOCOLS = ("one_class", "unbalanced", "ood")
 ANOMALY_TYPES = ("object", "style", "local")
 MODES = ("train", "evaluate")
+KNN_POOLINGS = ("mean", "flatten")
 
 
 class ConfigError(ValueError):
@@ -116,6 +117,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.scorer = ("detector",)  # Standardised scorers summed into the score; see mscad_jax.fusion.SCORERS.
     c.eval.knn_rotations = False  # knn on the pooled features of the image at all four rotations (test-time ensemble).
     c.eval.knn_k = 5  # Neighbours of the knn scorer (cosine distance of pooled features to normal training images).
+    c.eval.knn_pooling = "mean"  # knn vectors: mean (GAP of each scale) | flatten (keeps where each feature is).
     c.eval.pixel_floor = True  # Also report the raw-pixel 5-NN AUROC of the same split (the floor to clear).
     c.eval.patch_knn = False  # Also measure auroc_patch_knn (PatchCore-style, per position; costs memory).
     c.eval.patch_bank_size = 20000  # Normal training patches per scale in the patch_knn bank (seeded draw).
@@ -397,6 +399,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     if m.rotation_head and not config.stage1.rotations:
         _fail("stage1.rotations", config.stage1.rotations,
               "model.rotation_head=True is trained on rotated copies: set True (or the head False)")
+    if config.eval.knn_pooling not in KNN_POOLINGS:
+        _fail("eval.knn_pooling", config.eval.knn_pooling, f"allowed: {', '.join(KNN_POOLINGS)}")
     if config.eval.knn_k < 1:
         _fail("eval.knn_k", config.eval.knn_k, "must be a positive integer")
 

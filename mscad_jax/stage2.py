@@ -201,21 +201,22 @@ def train(config: ml_collections.ConfigDict, model: anomem.AnoMem, frozen: dict,
 
 
 def make_score_fn(det: detector.MultiScaleDetector | None, model: anomem.AnoMem, mesh: Mesh,
-                  patches: bool = False, rotated_features: bool = False) -> Callable:
+                  patches: bool = False, rotated_features: bool = False, knn_pooling: str = "mean") -> Callable:
     """`score_function` jitted over the mesh: the batch sharded, the variables replicated."""
     rep = parallel.replicated(mesh)
-    return jax.jit(score_function(det, model, patches, rotated_features),
+    return jax.jit(score_function(det, model, patches, rotated_features, knn_pooling),
                    in_shardings=(rep, rep, rep, parallel.batch_sharded(mesh)),
                    out_shardings=parallel.batch_sharded(mesh))
 
 
 def score_function(det: detector.MultiScaleDetector | None, model: anomem.AnoMem, patches: bool = False,
-                   rotated_features: bool = False) -> Callable:
+                   rotated_features: bool = False, knn_pooling: str = "mean") -> Callable:
     """The pure (frozen, params, centers, images uint8) -> per-image scores, maps and features.
 
     Returns {'a/<scale>': [B] detector distance, 'a0/<scale>': [B] training-free score
     mean_hw ||D_s||^2, 'map/<scale>': [B, H, W] ||D_s[h, w]||^2 upsampled to the image,
-    'feature/<scale>': [B, C_s] pooled features GAP(F_s) for the kNN scorer} and, when the
+    'feature/<scale>': the kNN scorer's vectors, GAP(F_s) [B, C_s] (`knn_pooling='mean'`) or
+    F_s flattened [B, H_s W_s C_s] ('flatten')} and, when the
     model has a rotation head, 'rotation': [B] sum over the four rotations r of
     -log p(r | x rotated by r) (CSI's shifting-transformation score). Every image also
     gets 'patch_memory/<scale>': the largest, over positions, cosine distance of F_s[h, w]
@@ -239,7 +240,7 @@ def score_function(det: detector.MultiScaleDetector | None, model: anomem.AnoMem
                 out[f"a/{n}"] = jnp.sum((embeddings[n] - centers[n]) ** 2, axis=-1)
             out[f"a0/{n}"] = energy.mean(axis=(1, 2))
             out[f"map/{n}"] = jax.image.resize(energy, (x.shape[0],) + x.shape[1:3], "bilinear")
-            out[f"feature/{n}"] = outputs[n]["features"].mean(axis=(1, 2))
+            out[f"feature/{n}"] = pool(outputs[n]["features"], knn_pooling)
             if not model.projected_memory:  # slots live in feature space only in the cosine form
                 slots = model.memory_slots(frozen["params"])[n]
                 nearest = jnp.max(losses.l2_normalize(outputs[n]["features"]) @ losses.l2_normalize(slots).T, -1)
@@ -255,10 +256,18 @@ def score_function(det: detector.MultiScaleDetector | None, model: anomem.AnoMem
             if rotated_features:
                 for n in names:
                     out[f"feature/{n}"] = jnp.concatenate(
-                        [losses.l2_normalize(o[n]["features"].mean(axis=(1, 2))) for o in rotated], axis=-1)
+                        [losses.l2_normalize(pool(o[n]["features"], knn_pooling)) for o in rotated], axis=-1)
         return out
 
     return score
+
+
+def pool(features: jax.Array, how: str) -> jax.Array:
+    """[B, H, W, C] -> the k-NN scorer's vectors: 'mean' (GAP, [B, C]) or 'flatten'
+    ([B, H*W*C], which keeps where each feature is)."""
+    if how == "flatten":
+        return features.reshape(features.shape[0], -1)
+    return features.mean(axis=(1, 2))
 
 
 def make_pooled_fn(model: anomem.AnoMem, mesh: Mesh) -> Callable:

@@ -50,3 +50,35 @@ def random_images():
         return np.random.default_rng(seed).integers(0, 256, (n, size, size, channels), dtype=np.uint8)
 
     return make
+
+
+@pytest.fixture
+def batch_stream(monkeypatch):
+    """Controls a stage's batches: `interrupt_at(step)` raises KeyboardInterrupt there (a
+    pre-emption); `record()` returns the list the steps run get appended to."""
+    from mscad_jax.data import input_pipeline
+
+    real = input_pipeline.train_batches
+
+    class Control:
+        def interrupt_at(self, at):
+            def batches(*args, **kwargs):
+                for step, batch in real(*args, **kwargs):
+                    if step == at:
+                        raise KeyboardInterrupt("pre-empted")
+                    yield step, batch
+
+            monkeypatch.setattr(input_pipeline, "train_batches", batches)
+
+        def record(self):
+            steps = []
+
+            def batches(*args, **kwargs):
+                for step, batch in real(*args, **kwargs):
+                    steps.append(step)
+                    yield step, batch
+
+            monkeypatch.setattr(input_pipeline, "train_batches", batches)
+            return steps
+
+    return Control()

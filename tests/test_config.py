@@ -135,6 +135,7 @@ INVALID = [
     ("default", "eval.knn_k", 0),
     ("default", "eval.patch_bank_size", 0),
     ("default", "stage2.pooling", "max"),
+    ("default", "eval.knn_pooling", "max"),
     ("default", "stage2.synthetic_anomalies", ("rotation", "blur")),
     ("fashion_mnist", "eval.scorer", ("patch_knn",)),  # measured beside the score only
 ]

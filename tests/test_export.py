@@ -14,7 +14,7 @@ from PIL import Image
 
 from mscad_jax import config as config_lib
 from mscad_jax import export, exported, plots, score, train
-from mscad_jax.data import protocols, sources
+from mscad_jax.data import protocols
 
 from conftest import make_tiny_config
 
@@ -139,22 +139,6 @@ def test_export_refuses_an_unfinished_workdir(job, tmp_path):
     with pytest.raises(FileNotFoundError, match="no fitted scorer .*--mode=evaluate"):
         export.export(str(partial), str(output))
     assert not output.exists()
-
-
-def test_reading_a_file_matches_reading_the_image_folder(tmp_path):
-    """read_image_file (the scoring command's reader) gives the pixels that training reads
-    from an image folder, for gray, RGB and RGBA files of other sizes."""
-    rng = np.random.default_rng(0)
-    folder = tmp_path / "data" / "train" / "good"
-    folder.mkdir(parents=True)
-    Image.fromarray(rng.integers(0, 256, (20, 20), dtype=np.uint8), "L").save(folder / "a.png")
-    Image.fromarray(rng.integers(0, 256, (13, 17, 3), dtype=np.uint8), "RGB").save(folder / "b.png")
-    Image.fromarray(rng.integers(0, 256, (8, 8, 4), dtype=np.uint8), "RGBA").save(folder / "c.png")
-    Image.fromarray(rng.integers(0, 256, (30, 30, 3), dtype=np.uint8), "RGB").save(folder / "d.jpg", quality=90)
-    for channels in (1, 3):
-        split = sources.load_split("image_folder", "train", 8, channels, image_folder_dir=str(tmp_path / "data"))
-        for image, path in zip(split.images, split.paths):
-            np.testing.assert_array_equal(sources.read_image_file(path, 8, channels), image, err_msg=path)
 
 
 def test_heatmap_colours_do_not_depend_on_the_rest_of_the_image():

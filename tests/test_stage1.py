@@ -129,7 +129,7 @@ def test_loop_raises_on_non_finite_loss_naming_the_step(tmp_path):
                  log_every=5, checkpoint_every=100, prefix="stage1")
 
 
-def test_resumed_training_matches_an_uninterrupted_run(tiny_config, random_images, tmp_path, monkeypatch):
+def test_resumed_training_matches_an_uninterrupted_run(tiny_config, random_images, tmp_path, batch_stream):
     images = random_images(16)
     flags = np.zeros(16, bool)
     mesh = parallel.make_mesh(jax.devices()[:1])
@@ -137,25 +137,10 @@ def test_resumed_training_matches_an_uninterrupted_run(tiny_config, random_image
     config = tiny_config(**{"stage1.epochs": 2})  # 4 steps, checkpoints every 2
     _, full = stage1.train(config, images, flags, str(tmp_path / "a"), mesh, writer)
 
-    real_batches = input_pipeline.train_batches
-
-    def preempted_after_two_steps(*args, **kwargs):
-        for step, batch in real_batches(*args, **kwargs):
-            if step == 2:
-                raise KeyboardInterrupt("pre-empted")
-            yield step, batch
-
-    monkeypatch.setattr(input_pipeline, "train_batches", preempted_after_two_steps)
+    batch_stream.interrupt_at(2)
     with pytest.raises(KeyboardInterrupt):
         stage1.train(config, images, flags, str(tmp_path / "b"), mesh, writer)
-    steps_run = []
-
-    def recording(*args, **kwargs):
-        for step, batch in real_batches(*args, **kwargs):
-            steps_run.append(step)
-            yield step, batch
-
-    monkeypatch.setattr(input_pipeline, "train_batches", recording)
+    steps_run = batch_stream.record()
     _, resumed = stage1.train(config, images, flags, str(tmp_path / "b"), mesh, writer)
     assert steps_run == [2, 3]  # resumed from the step-2 checkpoint, not from scratch
     assert int(resumed.step) == 4

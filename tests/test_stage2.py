@@ -136,7 +136,7 @@ def test_unbalanced_training_separates_labelled_anomalies(tiny_config, random_im
 
 
 def test_stage2_resumes_from_its_checkpoint_like_an_uninterrupted_run(tiny_config, random_images, tmp_path,
-                                                                      monkeypatch):
+                                                                      batch_stream):
     config = tiny_config(**{"stage2.epochs": 2, "stage2.learning_rate": 1e-3})  # 4 steps, checkpoints every 2
     images = random_images(16)
     labelled = np.zeros(16, bool)
@@ -145,25 +145,10 @@ def test_stage2_resumes_from_its_checkpoint_like_an_uninterrupted_run(tiny_confi
     writer = metric_writers.create_default_writer(str(tmp_path), just_logging=True)
     _, full = stage2.train(config, model, frozen, images, labelled, str(tmp_path / "a"), mesh, writer)
 
-    real_batches = input_pipeline.train_batches
-
-    def preempted_after_two_steps(*args, **kwargs):
-        for step, batch in real_batches(*args, **kwargs):
-            if step == 2:
-                raise KeyboardInterrupt("pre-empted")
-            yield step, batch
-
-    monkeypatch.setattr(input_pipeline, "train_batches", preempted_after_two_steps)
+    batch_stream.interrupt_at(2)
     with pytest.raises(KeyboardInterrupt):
         stage2.train(config, model, frozen, images, labelled, str(tmp_path / "b"), mesh, writer)
-    steps_run = []
-
-    def recording(*args, **kwargs):
-        for step, batch in real_batches(*args, **kwargs):
-            steps_run.append(step)
-            yield step, batch
-
-    monkeypatch.setattr(input_pipeline, "train_batches", recording)
+    steps_run = batch_stream.record()
     _, resumed = stage2.train(config, model, frozen, images, labelled, str(tmp_path / "b"), mesh, writer)
     assert steps_run == [2, 3]
     for part in ("params", "opt_state", "centers"):

@@ -58,3 +58,18 @@ def test_pixel_floor_separates_distinct_images():
     labels = np.array([0] * 10 + [1] * 10)
     assert knn.pixel_floor_auroc(normal, test, labels) == 1.0
     assert knn.pixel_floor_auroc(normal, test, 1 - labels) == 0.0
+
+
+def test_the_jitted_knn_of_the_scorer_matches_the_sklearn_search():
+    """scorer.knn_distance (in the exported function) against knn.knn_distance (fitting)."""
+    import jax
+    import jax.numpy as jnp
+
+    from mscad_jax import losses, scorer
+
+    rng = np.random.default_rng(3)
+    bank, queries = rng.normal(size=(50, 12)), rng.normal(size=(7, 12))
+    want = knn.knn_distance(bank, queries, 4)
+    unit_bank = losses.l2_normalize(jnp.asarray(bank, jnp.float32))
+    got = jax.jit(scorer.knn_distance, static_argnums=2)(jnp.asarray(queries, jnp.float32), unit_bank, 4)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -184,3 +184,15 @@ def test_synthetic_anomalies_train_the_detector_to_separate_them(tiny_config, ra
     rotated = parallel.fetch(score_fn(frozen, trained.params, trained.centers, batch["image"]))
     total = lambda s: sum(s[f"a/{n}"] for n in det.scale_names)  # noqa: E731
     assert total(rotated).mean() > total(after).mean()  # rotated images end farther from the centres
+
+
+def test_knn_vectors_are_pooled_or_flattened_feature_maps(tiny_config, random_images):
+    config = tiny_config()
+    images = random_images(4)
+    model, frozen = _frozen(config, images, parallel.make_mesh(jax.devices()[:1]))
+    features = stage2.frozen_outputs(model, frozen, input_pipeline.to_float(images))
+    for how, expect in (("mean", lambda f: f.mean(axis=(1, 2))), ("flatten", lambda f: f.reshape(len(f), -1))):
+        out = stage2.score_function(None, model, knn_pooling=how)(frozen, {}, {}, images)
+        for n in anomem.scale_names(config.model.scales):
+            np.testing.assert_allclose(out[f"feature/{n}"], expect(np.asarray(features[n]["features"])),
+                                       rtol=1e-5, atol=1e-6, err_msg=f"{how} {n}")

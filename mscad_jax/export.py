@@ -22,6 +22,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from absl import app, flags, logging
 
 from mscad_jax import __version__, cli, files, logs, scorer, stage2
@@ -96,8 +97,10 @@ def export(workdir: str, output: str, platforms: list[str] | None = None) -> dic
     check_workdir(workdir)
     with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
         config = config_lib.from_json(json.load(f))
-    results_path = os.path.join(workdir, "results.json")
-    results = json.load(open(results_path, encoding="utf-8")) if os.path.isfile(results_path) else {}
+    results = {}
+    if os.path.isfile(os.path.join(workdir, "results.json")):
+        with open(os.path.join(workdir, "results.json"), encoding="utf-8") as f:
+            results = json.load(f)
     state, spec = scorer.load(os.path.join(workdir, "scorer"))
     model = anomem.AnoMem(**config.model)
     raw_fn = stage2.score_function(stage2.make_detector(config), model,
@@ -161,8 +164,6 @@ def _write(output: str, serialized: bytes, weights: dict[str, Any], metadata: di
     try:
         with open(os.path.join(staging, exported_lib.MODEL_FILE), "wb") as f:
             f.write(serialized)
-        import numpy as np
-
         with open(os.path.join(staging, exported_lib.WEIGHTS_FILE), "wb") as f:
             np.savez(f, **weights)
         metadata["files"] = {name: exported_lib.sha256(os.path.join(staging, name))

@@ -58,8 +58,7 @@ def time_steps(step, state, batches, extra=()) -> float:
 def benchmark(config, stage_name: str, num_steps: int, ceiling: float) -> dict:
     """One table row for stage 1 or stage 2 of `config` on all local devices."""
     mesh = parallel.make_mesh()
-    compiled = dict((row["stage"], (row, c)) for row, c in aot.compile_steps(config, mesh, train_images=50000))
-    row, step = compiled[stage_name]
+    [(row, step)] = aot.compile_steps(config, mesh, train_images=50000, stages=(stage_name,))
     channels = config_lib.DATASETS[config.dataset][2]
     batch = config.stage1.batch_size if stage_name == "stage1" else config.stage2.batch_size
     images = np.random.default_rng(0).integers(0, 256, (batch * 4, config.image_size, config.image_size, channels),

@@ -37,9 +37,14 @@ def _describe(name: str, compiled, batch_size: int, num_devices: int, seconds: f
             "compile (s)": seconds}
 
 
-def compile_steps(config, mesh, train_images: int) -> list[tuple[dict[str, Any], Any]]:
-    """Compiles stage 1's and stage 2's steps for `mesh` on abstract inputs; per stage, a
-    report row and the compiled executable (callable as `compiled(state, batch[, frozen])`)."""
+STAGES = ("stage1", "stage2")
+
+
+def compile_steps(config, mesh, train_images: int,
+                  stages: tuple[str, ...] = STAGES) -> list[tuple[dict[str, Any], Any]]:
+    """Compiles the steps of `stages` (stage 1's and stage 2's by default) for `mesh` on
+    abstract inputs; per stage, a report row and the compiled executable (callable as
+    `compiled(state, batch[, frozen])`)."""
     n = mesh.devices.size
     config_lib.validate(config, num_devices=n)
     channels = config_lib.DATASETS[config.dataset][2]
@@ -52,9 +57,13 @@ def compile_steps(config, mesh, train_images: int) -> list[tuple[dict[str, Any],
     state = stage1.abstract_state(model, tx, config.seed, image_shape, mesh)
     step = stage1.make_train_step(model, tx, stage1.Stage1Hparams.from_config(config),
                                   stage1.learning_rate_schedule(config, per_epoch), mesh)
-    start = time.perf_counter()
-    compiled = step.lower(state, _abstract_batch(config.stage1.batch_size, image_shape, mesh)).compile()
-    out.append((_describe("stage1", compiled, config.stage1.batch_size, n, time.perf_counter() - start), compiled))
+    if "stage1" in stages:
+        start = time.perf_counter()
+        compiled = step.lower(state, _abstract_batch(config.stage1.batch_size, image_shape, mesh)).compile()
+        out.append((_describe("stage1", compiled, config.stage1.batch_size, n, time.perf_counter() - start),
+                    compiled))
+    if "stage2" not in stages:
+        return out
 
     frozen = {"params": state.params, "batch_stats": state.batch_stats}
     det, tx2 = stage2.make_detector(config), stage2.make_optimizer(config)

@@ -27,6 +27,13 @@ def test_plan_reports_per_device_batch_flops_and_memory(tiny_config):
         assert 0.2 < b["GFLOPs per step per device"] / a["GFLOPs per step per device"] < 0.35
 
 
+def test_one_stage_is_compiled_alone(tiny_config):
+    """The step benchmarks compile only the stage they time."""
+    config = tiny_config(**{"stage1.batch_size": 16, "stage2.batch_size": 16})
+    [(row, compiled)] = aot.compile_steps(config, parallel.make_mesh(jax.devices()[:1]), 64, stages=("stage2",))
+    assert row["stage"] == "stage2" and callable(compiled)
+
+
 def _run(*args):
     env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="true")
     return subprocess.run([sys.executable, "-m", "mscad_jax.plan", "--config=configs/default.py", *TINY, *args],

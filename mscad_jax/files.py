@@ -136,6 +136,12 @@ def write_scores_csv(path: str, final: np.ndarray, classes: np.ndarray, is_anoma
     columns = {"index": np.arange(len(final)), **({} if paths is None else {"path": paths}),
                "class": classes, "is_anomaly": is_anomaly,
                "score": final, **by_scorer, **{k: per_image[k] for k in per_scale}}
+    write_csv_columns(path, columns)
+
+
+def write_csv_columns(path: str, columns: Mapping[str, Any]) -> None:
+    """A CSV with one column per entry (equal lengths), floats to 9 significant digits,
+    written atomically."""
     with atomic_write(path) as f:
         out = csv.writer(f)
         out.writerow(columns)

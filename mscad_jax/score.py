@@ -15,7 +15,6 @@ atomically; with no image to score the command ends with status 2 and writes not
 
 from __future__ import annotations
 
-import csv
 import os
 import sys
 from collections.abc import Iterator
@@ -120,14 +119,6 @@ def _write_png(path: str, rgb: np.ndarray) -> None:
         Image.fromarray(rgb).save(f, format="PNG")
 
 
-def write_csv(path: str, columns: dict[str, list]) -> None:
-    with files.atomic_write(path) as f:
-        out = csv.writer(f)
-        out.writerow(columns)
-        for row in zip(*columns.values()):
-            out.writerow([f"{v:.9g}" if isinstance(v, float) else v for v in row])
-
-
 def main(argv: list[str]) -> None:
     inputs = argv[1:]
     logs.setup_console()
@@ -143,7 +134,7 @@ def main(argv: list[str]) -> None:
     columns, skipped = score_files(model, paths, FLAGS.heatmaps)
     if not columns:
         cli.refuse(f"none of the {len(paths)} files is a decodable image; nothing written")
-    write_csv(FLAGS.output, columns)
+    files.write_csv_columns(FLAGS.output, columns)
     flagged = sum(columns["is_anomaly"])
     print(f"scored {len(columns['path'])} images -> {FLAGS.output}; {flagged} above the threshold "
           f"{model.threshold:.4g}; {len(skipped)} files skipped (not decodable images)"

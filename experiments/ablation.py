@@ -72,10 +72,10 @@ def main(argv):
         rows.append(row)
     flag_text = " ".join(a for a in sys.argv[1:] if a.startswith("--config"))
     text = (f"# Ablation, `{flag_text}`, seeds {','.join(map(str, seeds))}\n\n"
-            f"{report.results_table(rows)}\n"
+            f"{report.results_table(rows, mean_row=False)}\n"
             "AUROC per class is the configured scorer; the 'mean <scorer>' columns are each scorer alone "
-            "(detector: stage-2 distances; A0: training-free deviation energy; kNN: cosine kNN on pooled "
-            "features; rotation: the rotation head). The last row averages the variants, ignore it.\n")
+            "(detector: stage-2 distances; A0: training-free deviation energy; kNN: cosine kNN on the vectors "
+            "eval.knn_pooling names; rotation: the rotation head).\n")
     for path in filter(None, (os.path.join(sweep_classes._WORKDIR.value, "ablation.md"), sweep_classes._OUT.value)):
         with files.atomic_write(path) as f:
             f.write(text)

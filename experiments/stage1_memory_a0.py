@@ -54,10 +54,10 @@ def _aurocs(config, data, model, frozen, names, mesh) -> dict[str, dict[str, flo
     raw_fn = stage2.score_function(None, model)
     variables = scorer.with_defaults({"frozen": frozen})
     normal = data.train_images[~data.train_labelled_anomaly]
-    raw_jit = jax.jit(raw_fn)
+    raw_jit = parallel.jit_over_batch(raw_fn, mesh, 3)
     train = evaluate.score_images(raw_jit, (frozen, {}, {}), normal, config.eval.batch_size, mesh, keep_maps=False)
     state, spec = scorer.fit(train, variables, tuple(names), (1.0,) * len(names), ("a0", "knn"), config.eval.knn_k)
-    test = evaluate.score_images(jax.jit(scorer.make_scorer(raw_fn, spec)), (state,), data.test_images,
+    test = evaluate.score_images(parallel.jit_over_batch(scorer.make_scorer(raw_fn, spec), mesh, 1), (state,), data.test_images,
                                  config.eval.batch_size, mesh, keep_maps=False)
     out = {}
     for kind in ("a0", "knn"):

@@ -272,16 +272,7 @@ def from_json(saved: dict[str, Any]) -> ml_collections.ConfigDict:
             else:
                 yield f"{prefix}{key}", tuple(value) if isinstance(value, list) else value
 
-    config = base_config()
-    for field, value in leaves(saved):
-        if not has_field(config, field):
-            raise unknown_field(config, field)
-        *parents, leaf = field.split(".")
-        target = _get(config, ".".join(parents)) if parents else config
-        if isinstance(target[leaf], float) and isinstance(value, int):
-            value = float(value)
-        target[leaf] = value
-    return config
+    return apply_overrides(base_config(), dict(leaves(saved)))
 
 
 def _get(config: ml_collections.ConfigDict, field: str) -> Any:

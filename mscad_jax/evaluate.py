@@ -85,14 +85,13 @@ def evaluate(config: ml_collections.ConfigDict, data: protocols.ProtocolData, ra
     if len(normal_train) > MAX_STATS_EXAMPLES:
         pick = np.random.default_rng([config.seed, 7]).choice(len(normal_train), MAX_STATS_EXAMPLES, replace=False)
         normal_train = normal_train[np.sort(pick)]
-    rep, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
     variables = scorer.with_defaults(variables)
-    raw_jit = jax.jit(raw_fn, in_shardings=(rep, rep, rep, sharded), out_shardings=sharded)
+    raw_jit = parallel.jit_over_batch(raw_fn, mesh, 3)
     train = score_images(raw_jit, (variables["frozen"], variables["detector"], variables["centers"]), normal_train,
                          config.eval.batch_size, mesh, keep_maps=False)
     chosen = config_lib.scorer_names(config)
     state, spec = scorer.fit(train, variables, tuple(names), weights, chosen, config.eval.knn_k)
-    score_jit = jax.jit(scorer.make_scorer(raw_fn, spec), in_shardings=(rep, sharded), out_shardings=sharded)
+    score_jit = parallel.jit_over_batch(scorer.make_scorer(raw_fn, spec), mesh, 1)
     test = score_images(score_jit, (parallel.replicate(state, mesh),), data.test_images, config.eval.batch_size, mesh)
     stats = {k: tuple(map(float, v)) for k, v in state["stats"].items()}
     if config.eval.patch_knn:
@@ -166,14 +165,14 @@ def write_plots(directory: str, scores: np.ndarray, data: protocols.ProtocolData
     """ROC, score histograms and the top anomalies. The heatmaps share one colour range
     from the normal statistics: each scale's map is divided by its mean on normal
     training images (fusion.localisation_maps), so a normal pixel sits near sum(weights);
-    the range is [0, 3 * sum(weights)] in every run."""
+    the range is fusion.heatmap_range(weights) in every run."""
     files.makedirs(directory)
     plots.plot_roc(scores, data.test_labels, os.path.join(directory, "roc.png"))
     plots.plot_score_histograms(scores, data.test_labels, os.path.join(directory, "score_histograms.png"))
     plots.plot_top_anomalies(data.test_images.astype(np.float32) / 255.0, maps, scores,
                              os.path.join(directory, "top_anomalies.png"), k=k, labels=data.test_labels,
                              classes=data.test_classes, masks=data.test_masks,
-                             heat_range=(0.0, 3.0 * float(sum(weights))))
+                             heat_range=fusion.heatmap_range(weights))
 
 
 def linear_eval(config: ml_collections.ConfigDict, probe: tuple[sources.Split, sources.Split], pooled_fn: Callable,

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
-from mscad_jax import __version__, cli, files, logs, scorer, stage2
+from mscad_jax import __version__, cli, files, fusion, logs, scorer, stage2
 from mscad_jax import config as config_lib
 from mscad_jax import exported as exported_lib
 from mscad_jax.models import anomem
@@ -131,7 +131,7 @@ def export(workdir: str, output: str, platforms: list[str] | None = None) -> dic
         "threshold": float(state["threshold"]),
         "threshold_rule": f"{spec.threshold_percentile:g}th percentile of the final scores of normal training "
                           "images (k-NN leaving each image out); score > threshold is flagged anomalous",
-        "heatmap_range": [0.0, 3.0 * float(sum(spec.weights))],
+        "heatmap_range": list(fusion.heatmap_range(spec.weights)),
         "dataset": config.dataset,
         "image_folder_dir": config.image_folder_dir,
         "protocol": config.protocol,

@@ -100,6 +100,12 @@ def final_score(by_scorer: Mapping[str, Any], scorer_stats: Mapping[str, Stat], 
     return sum(standardize(by_scorer[s], scorer_stats[s][0], scorer_stats[s][1]) for s in chosen)
 
 
+def heatmap_range(weights: Sequence[float]) -> tuple[float, float]:
+    """The one colour range of every heatmap of a model: a normal pixel of a localisation
+    map sits near sum(weights), so [0, 3 * sum(weights)] spans normal to clearly anomalous."""
+    return 0.0, 3.0 * float(sum(weights))
+
+
 def localisation_maps(scores: Mapping[str, Any], stats: Mapping[str, Stat], names: Sequence[str],
                       weights: Sequence[float]) -> jax.Array:
     """sum_s w_s ||D_s[h, w]||^2 / mu(A0_s): each scale's map in units of its mean on

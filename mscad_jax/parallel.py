@@ -7,7 +7,7 @@ devices hold, so results do not depend on how many hosts or devices there are.
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
@@ -46,6 +46,13 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def batch_sharded(mesh: Mesh) -> NamedSharding:
     """Leading (batch) axis split over the data axis."""
     return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def jit_over_batch(fn: Callable, mesh: Mesh, num_replicated: int) -> Callable:
+    """`fn(*variables, batch)` jitted for the mesh: the first `num_replicated` arguments
+    replicated, the last (the batch) and the outputs split over the batch axis."""
+    return jax.jit(fn, in_shardings=(replicated(mesh),) * num_replicated + (batch_sharded(mesh),),
+                   out_shardings=batch_sharded(mesh))
 
 
 def process_rows(mesh: Mesh, global_batch: int) -> slice:

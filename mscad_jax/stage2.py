@@ -200,15 +200,6 @@ def train(config: ml_collections.ConfigDict, model: anomem.AnoMem, frozen: dict,
     return det, state
 
 
-def make_score_fn(det: detector.MultiScaleDetector | None, model: anomem.AnoMem, mesh: Mesh,
-                  patches: bool = False, rotated_features: bool = False, knn_pooling: str = "mean") -> Callable:
-    """`score_function` jitted over the mesh: the batch sharded, the variables replicated."""
-    rep = parallel.replicated(mesh)
-    return jax.jit(score_function(det, model, patches, rotated_features, knn_pooling),
-                   in_shardings=(rep, rep, rep, parallel.batch_sharded(mesh)),
-                   out_shardings=parallel.batch_sharded(mesh))
-
-
 def score_function(det: detector.MultiScaleDetector | None, model: anomem.AnoMem, patches: bool = False,
                    rotated_features: bool = False, knn_pooling: str = "mean") -> Callable:
     """The pure (frozen, params, centers, images uint8) -> per-image scores, maps and features.
@@ -278,5 +269,4 @@ def make_pooled_fn(model: anomem.AnoMem, mesh: Mesh) -> Callable:
         out = frozen_outputs(model, frozen, input_pipeline.to_float(images))
         return {"pooled": jnp.concatenate([out[n]["features"].mean(axis=(1, 2)) for n in names], axis=-1)}
 
-    return jax.jit(pooled, in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
-                   out_shardings=parallel.batch_sharded(mesh))
+    return parallel.jit_over_batch(pooled, mesh, 1)

@@ -340,3 +340,17 @@ def test_command_line_refuses_a_dataset_that_is_not_prepared(tmp_path):
     assert "tfds build cifar100" in error_lines[0]
     assert "Traceback" not in proc.stderr
     assert not workdir.exists()
+
+
+@pytest.mark.parametrize("name", ["default", "fashion_mnist"])
+def test_config_json_rebuilds_the_config(name):
+    """WORKDIR/config.json -> the same config (what export rebuilds the model from)."""
+    import json
+
+    config = get_config(name)
+    saved = json.loads(config.to_json_best_effort())
+    rebuilt = config_lib.from_json(saved)
+    assert json.loads(rebuilt.to_json_best_effort()) == saved
+    assert rebuilt.model.scales == config.model.scales and isinstance(rebuilt.eval.scorer, tuple)
+    with pytest.raises(config_lib.ConfigError, match="no field 'model.widht'"):
+        config_lib.from_json({"model": {"widht": 4}})

@@ -92,7 +92,7 @@ def _train_and_score(config, images, labelled, mesh, workdir):
     writer = metric_writers.create_default_writer(workdir, just_logging=True)
     det, trained = stage2.train(config, model, frozen, images, labelled, workdir, mesh, writer)
     fresh = stage2.create_state(config, det, model, frozen, stage2.make_optimizer(config), images, ~labelled, mesh)
-    score_fn = stage2.make_score_fn(det, model, mesh)
+    score_fn = parallel.jit_over_batch(stage2.score_function(det, model), mesh, 3)
     _, batch = next(input_pipeline.eval_batches({"image": images}, len(images), mesh))
     before = parallel.fetch(score_fn(frozen, fresh.params, fresh.centers, batch["image"]))
     after = parallel.fetch(score_fn(frozen, trained.params, trained.centers, batch["image"]))
@@ -177,7 +177,7 @@ def test_synthetic_anomalies_train_the_detector_to_separate_them(tiny_config, ra
     labelled = np.zeros(16, bool)
     mesh = parallel.make_mesh(jax.devices()[:2])
     det, model, frozen, fresh, before, after = _train_and_score(config, images, labelled, mesh, str(tmp_path))
-    score_fn = stage2.make_score_fn(det, model, mesh)
+    score_fn = parallel.jit_over_batch(stage2.score_function(det, model), mesh, 3)
     _, batch = next(input_pipeline.eval_batches({"image": np.rot90(images, 1, axes=(1, 2)).copy()}, 16, mesh))
     _, trained = stage2.train(config, model, frozen, images, labelled, str(tmp_path), mesh,
                               metric_writers.create_default_writer(str(tmp_path), just_logging=True))

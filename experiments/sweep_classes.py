@@ -63,8 +63,8 @@ def known_classes(normal: int, num_classes: int, per_class: int, seed: int) -> l
 def reuse_stage1(config, workdir: str, source: str) -> None:
     """Copies a one-class run's stage-1 checkpoints into `workdir`, after checking that
     its config would train the same stage 1."""
-    with open(os.path.join(source, "config.json")) as f:
-        theirs = json.load(f)
+    with open(os.path.join(source, "config.json")) as f:  # fields added since take their defaults
+        theirs = json.loads(config_lib.from_json(json.load(f)).to_json_best_effort())
     mine = json.loads(config.to_json_best_effort())
     for c in (theirs, mine):  # the one setting allowed to differ: it does not change a one-class run
         c["stage1"].pop("labelled_anomalies", None)

@@ -94,6 +94,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.stage1.labelled_anomalies = True  # unbalanced: labelled anomalies enter stage 1 (negatives + repulsion); False: stage 2 only.
     c.stage1.repulsion_weight = 1.0  # Weight of the labelled-anomaly repulsion term.
     c.stage1.repulsion_margin = 0.0  # Cosine margin of the repulsion term.
+    c.stage1.synthetic_anomalies = ()  # Kinds (cutpaste, scar, rotation) of one corrupted copy per image, a labelled anomaly (batch x2).
     c.stage1.augment = augment_section()  # The views of the contrastive task (fields: augment_section).
     # ---- stage 2: deviation-map detectors -----------------------------------------
     c.stage2 = ml_collections.ConfigDict()
@@ -342,12 +343,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     if config.data_dir is not None and not os.path.isdir(config.data_dir):
         _fail("data_dir", config.data_dir, "directory does not exist")
     # Allowed values come from the registries that implement them (imported here: they pull in JAX).
-    from mscad_jax.data.anomalies import LOCAL_ANOMALIES, SEVERITIES, STYLE_CORRUPTIONS
+    from mscad_jax.data.anomalies import LOCAL_ANOMALIES, SEVERITIES, STYLE_CORRUPTIONS, SYNTHETIC_ANOMALIES
     from mscad_jax.fusion import SCORERS
     from mscad_jax.models.anomem import DEVIATIONS
     from mscad_jax.models.detector import POOLINGS
     from mscad_jax.models.resnet import RESNET_LAYOUTS
-    from mscad_jax.stage2 import SYNTHETIC_ANOMALIES
 
     if config.style_corruption not in STYLE_CORRUPTIONS:
         _fail("style_corruption", config.style_corruption, f"allowed: {', '.join(STYLE_CORRUPTIONS)}")
@@ -364,9 +364,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         _fail("model.depth", m.depth, f"allowed: {', '.join(map(str, RESNET_LAYOUTS))}")
     if m.deviation not in DEVIATIONS:
         _fail("model.deviation", m.deviation, f"allowed: {', '.join(DEVIATIONS)}")
-    synthetic = tuple(config.stage2.synthetic_anomalies)
-    if len(set(synthetic)) != len(synthetic) or not set(synthetic) <= set(SYNTHETIC_ANOMALIES):
-        _fail("stage2.synthetic_anomalies", synthetic, f"distinct kinds from {', '.join(SYNTHETIC_ANOMALIES)}")
+    for stage in ("stage1", "stage2"):
+        synthetic = tuple(config[stage].synthetic_anomalies)
+        if len(set(synthetic)) != len(synthetic) or not set(synthetic) <= set(SYNTHETIC_ANOMALIES):
+            _fail(f"{stage}.synthetic_anomalies", synthetic, f"distinct kinds from {', '.join(SYNTHETIC_ANOMALIES)}")
     if config.stage2.pooling not in POOLINGS:
         _fail("stage2.pooling", config.stage2.pooling, f"allowed: {', '.join(POOLINGS)}")
     if m.dtype not in ("float32", "bfloat16"):

@@ -19,7 +19,7 @@ import optax
 from jax.sharding import Mesh
 
 from mscad_jax import checkpoint, loop, losses, parallel
-from mscad_jax.data import augment, input_pipeline
+from mscad_jax.data import anomalies, augment, input_pipeline
 from mscad_jax.models import anomem, memory
 
 
@@ -48,6 +48,7 @@ class Stage1Hparams:
     rotations: bool
     rotation_weight: float
     augment: augment.AugmentConfig
+    synthetic_anomalies: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> "Stage1Hparams":
@@ -58,7 +59,7 @@ class Stage1Hparams:
                    float(s1.variance_weight), float(s1.reconstruction_weight), float(s1.repulsion_weight),
                    float(s1.repulsion_margin), bool(s1.rotations),
                    float(s1.rotation_weight) if config.model.rotation_head else 0.0,
-                   augment.from_config(s1.augment))
+                   augment.from_config(s1.augment), tuple(s1.synthetic_anomalies))
 
 
 def decay_mask(params: Any) -> Any:
@@ -181,8 +182,15 @@ def make_train_step(model: anomem.AnoMem, tx: optax.GradientTransformation, hp: 
 
     def train_step(state: Stage1State, batch: dict) -> tuple[Stage1State, dict]:
         key = jax.random.fold_in(state.rng, state.step)
-        views, rotation = shifted_views(key, input_pipeline.to_float(batch["image"]), hp)
-        labelled = jnp.tile(batch["labelled_anomaly"], len(rotation) // batch["labelled_anomaly"].shape[0])
+        images, labelled = input_pipeline.to_float(batch["image"]), batch["labelled_anomaly"]
+        if hp.synthetic_anomalies:
+            # Every image also enters corrupted (e.g. a pasted patch), as a labelled anomaly:
+            # a negative of the contrastive terms, repelled from the memory.
+            synthetic = anomalies.synthetic_anomalies(jax.random.fold_in(key, 1), images, hp.synthetic_anomalies)
+            images = jnp.concatenate([images, synthetic])
+            labelled = jnp.concatenate([labelled, jnp.ones_like(labelled)])
+        views, rotation = shifted_views(key, images, hp)
+        labelled = jnp.tile(labelled, len(rotation) // labelled.shape[0])
         grad_fn = jax.value_and_grad(loss_and_metrics, has_aux=True)
         (_, (batch_stats, metrics)), grads = grad_fn(state.params, state.batch_stats, model, views, labelled,
                                                      rotation, hp)

@@ -111,27 +111,6 @@ def create_state(config, det, model, frozen, tx, train_images: np.ndarray, norma
     return jax.device_put(state, rep)
 
 
-# Synthetic anomalies that stage 2 can add to every batch as labelled anomalies.
-SYNTHETIC_ANOMALIES = (*anomalies.LOCAL_ANOMALIES, "rotation")
-
-
-def synthetic_anomalies(key: jax.Array, images: jax.Array, kinds: Sequence[str]) -> jax.Array:
-    """One corrupted copy of every image, its kind drawn uniformly from `kinds`: a local
-    anomaly (cutpaste, scar) or a rotation by 90, 180 or 270 degrees."""
-    k_kind, k_rotation, k_local = jax.random.split(key, 3)
-    candidates = []
-    for kind in kinds:
-        if kind == "rotation":
-            rotated = jnp.stack([anomem.rotate(images, r) for r in range(1, anomem.NUM_ROTATIONS)])
-            pick = jax.random.randint(k_rotation, (images.shape[0],), 0, anomem.NUM_ROTATIONS - 1)
-            candidates.append(jnp.take_along_axis(rotated, pick[None, :, None, None, None], axis=0)[0])
-        else:
-            candidates.append(anomalies.local_anomaly_batch(jax.random.fold_in(k_local, len(candidates)), images,
-                                                            kind)[0])
-    choice = jax.random.randint(k_kind, (images.shape[0],), 0, len(candidates))
-    return jnp.take_along_axis(jnp.stack(candidates), choice[None, :, None, None, None], axis=0)[0]
-
-
 def loss_and_metrics(params: dict, det: detector.MultiScaleDetector, deviations: dict[str, jax.Array],
                      centers: dict[str, jax.Array], labelled: jax.Array, eta: float) -> tuple[jax.Array, dict]:
     """Stage 2's loss: multi-scale Deep SAD on the squared distances of the detectors'
@@ -162,7 +141,7 @@ def make_train_step(det, model, tx, config: ml_collections.ConfigDict, mesh: Mes
         labelled = batch["labelled_anomaly"]
         if synthetic:
             # Every image also enters corrupted, as a labelled anomaly (Deep SAD's second term).
-            images = jnp.concatenate([images, synthetic_anomalies(jax.random.fold_in(key, 1), images, synthetic)])
+            images = jnp.concatenate([images, anomalies.synthetic_anomalies(jax.random.fold_in(key, 1), images, synthetic)])
             labelled = jnp.concatenate([labelled, jnp.ones_like(labelled)])
         deviations = deviation_maps(frozen_outputs(model, frozen, images), names)
         grad_fn = jax.value_and_grad(loss_and_metrics, has_aux=True)

@@ -129,6 +129,8 @@ INVALID = [
     ("default", "stage1.augment.jitter_prob", -0.1),
     ("default", "stage1.augment.noise_std", -0.1),
     ("default", "stage1.augment.blur_sigma", (2.0, 1.0)),
+    ("default", "stage1.synthetic_anomalies", ("hole",)),
+    ("default", "stage1.synthetic_anomalies", ("scar", "scar")),
     ("default", "stage1.rotations", False),  # the default config's rotation head needs rotated copies
     ("default", "eval.scorer", ("knn", "nearest")),
     ("default", "eval.scorer", ()),

@@ -6,7 +6,7 @@ import pytest
 from clu import metric_writers
 
 from mscad_jax import loop, parallel, stage1
-from mscad_jax.data import input_pipeline
+from mscad_jax.data import anomalies, input_pipeline
 from mscad_jax.models import anomem
 
 
@@ -209,6 +209,28 @@ def test_stage1_loss_with_labelled_anomalies_and_every_term_matches_reference(ti
                                              np.concatenate([normal, normal]))
     want += 0.6 * rotation_ce
     np.testing.assert_allclose(float(loss), want, rtol=1e-4)
+
+
+def test_synthetic_anomalies_enter_stage1_as_labelled_copies(tiny_config, random_images):
+    """stage1.synthetic_anomalies: the step adds one corrupted copy of every image as a
+    labelled anomaly; its loss is the loss of that enlarged batch."""
+    config = tiny_config(**{"stage1.synthetic_anomalies": ("cutpaste", "scar"), "stage1.batch_size": 4})
+    hp = stage1.Stage1Hparams.from_config(config)
+    images = random_images(4)
+    mesh, state, step = _setup(config, images, jax.devices()[:1])
+    model = anomem.AnoMem(**config.model)
+    batch = next(input_pipeline.train_batches({"image": images, "labelled_anomaly": np.zeros(4, bool)}, 4, 0, 0, 1,
+                                              mesh))[1]
+    key = jax.random.fold_in(state.rng, state.step)
+    floats = input_pipeline.to_float(parallel.fetch(batch["image"]))
+    corrupted = anomalies.synthetic_anomalies(jax.random.fold_in(key, 1), floats, ("cutpaste", "scar"))
+    assert not np.array_equal(corrupted, floats)
+    views, rotation = stage1.shifted_views(key, np.concatenate([floats, corrupted]), hp)
+    labelled = np.array([False] * 4 + [True] * 4)
+    want, (_, metrics) = stage1.loss_and_metrics(state.params, state.batch_stats, model, views, labelled, rotation, hp)
+    assert all(metrics[f"{name}/repulsion"] > 0 for name in hp.scale_names)  # the copies are repelled
+    _, got = step(state, batch)
+    np.testing.assert_allclose(parallel.fetch(got)["loss"], want, rtol=1e-5)
 
 
 def test_reconstruction_moves_the_memory_not_the_encoder(tiny_config, random_images):

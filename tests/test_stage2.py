@@ -7,7 +7,7 @@ import pytest
 from clu import metric_writers
 
 from mscad_jax import losses, parallel, stage1, stage2
-from mscad_jax.data import input_pipeline
+from mscad_jax.data import anomalies, input_pipeline
 from mscad_jax.models import anomem
 
 
@@ -160,11 +160,11 @@ def test_stage2_resumes_from_its_checkpoint_like_an_uninterrupted_run(tiny_confi
 def test_synthetic_anomalies_are_corrupted_copies_of_each_image(random_images):
     images = input_pipeline.to_float(random_images(6, size=12))
     key = jax.random.key(0)
-    rotated = np.asarray(stage2.synthetic_anomalies(key, images, ("rotation",)))
+    rotated = np.asarray(anomalies.synthetic_anomalies(key, images, ("rotation",)))
     for got, x in zip(rotated, np.asarray(images)):
         assert any(np.array_equal(got, np.rot90(x, r, axes=(0, 1))) for r in (1, 2, 3))
-    mixed = stage2.synthetic_anomalies(key, images, ("cutpaste", "scar", "rotation"))
-    np.testing.assert_array_equal(mixed, stage2.synthetic_anomalies(key, images, ("cutpaste", "scar", "rotation")))
+    mixed = anomalies.synthetic_anomalies(key, images, ("cutpaste", "scar", "rotation"))
+    np.testing.assert_array_equal(mixed, anomalies.synthetic_anomalies(key, images, ("cutpaste", "scar", "rotation")))
     assert mixed.shape == images.shape and float(mixed.min()) >= 0.0 and float(mixed.max()) <= 1.0
     changed = np.abs(np.asarray(mixed) - np.asarray(images)).reshape(6, -1).max(axis=1)
     assert np.all(changed > 0)  # every copy differs from its image

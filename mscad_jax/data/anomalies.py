@@ -18,7 +18,7 @@ Images are ``[H, W, C]`` float32 in [0, 1] with ``C`` = 1 or 3; outputs stay in 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +28,7 @@ from mscad_jax.data.augment import hsv_to_rgb, rgb_to_hsv
 
 __all__ = [
     "LOCAL_ANOMALIES",
+    "SYNTHETIC_ANOMALIES",
     "STYLE_CORRUPTIONS",
     "brightness",
     "contrast",
@@ -40,6 +41,7 @@ __all__ = [
     "scar",
     "style_corrupt",
     "style_corrupt_batch",
+    "synthetic_anomalies",
 ]
 
 StyleFn = Callable[[jax.Array, jax.Array, int], jax.Array]
@@ -352,3 +354,23 @@ def local_anomaly_batch(
         raise ValueError(f"expected images of shape [N, H, W, C], got {images.shape}")
     keys = jax.random.split(key, images.shape[0])
     return jax.vmap(fn)(keys, images)
+
+
+# Synthetic anomalies that a training step can add to its batch as labelled anomalies.
+SYNTHETIC_ANOMALIES = (*LOCAL_ANOMALIES, "rotation")
+
+
+def synthetic_anomalies(key: jax.Array, images: jax.Array, kinds: Sequence[str]) -> jax.Array:
+    """One corrupted copy of every image [N, H, W, C], its kind drawn uniformly from
+    `kinds`: a local anomaly (cutpaste, scar) or a rotation by 90, 180 or 270 degrees."""
+    k_kind, k_rotation, k_local = jax.random.split(key, 3)
+    candidates = []
+    for kind in kinds:
+        if kind == "rotation":
+            rotated = jnp.stack([jnp.rot90(images, r, axes=(1, 2)) for r in (1, 2, 3)])
+            pick = jax.random.randint(k_rotation, (images.shape[0],), 0, 3)
+            candidates.append(jnp.take_along_axis(rotated, pick[None, :, None, None, None], axis=0)[0])
+        else:
+            candidates.append(local_anomaly_batch(jax.random.fold_in(k_local, len(candidates)), images, kind)[0])
+    choice = jax.random.randint(k_kind, (images.shape[0],), 0, len(candidates))
+    return jnp.take_along_axis(jnp.stack(candidates), choice[None, :, None, None, None], axis=0)[0]

@@ -141,8 +141,8 @@ def make_train_step(det, model, tx, config: ml_collections.ConfigDict, mesh: Mes
         labelled = batch["labelled_anomaly"]
         if synthetic:
             # Every image also enters corrupted, as a labelled anomaly (Deep SAD's second term).
-            images = jnp.concatenate([images, anomalies.synthetic_anomalies(jax.random.fold_in(key, 1), images, synthetic)])
-            labelled = jnp.concatenate([labelled, jnp.ones_like(labelled)])
+            images, labelled = anomalies.append_synthetic_anomalies(jax.random.fold_in(key, 1), images, labelled,
+                                                                    synthetic)
         deviations = deviation_maps(frozen_outputs(model, frozen, images), names)
         grad_fn = jax.value_and_grad(loss_and_metrics, has_aux=True)
         (_, metrics), grads = grad_fn(state.params, det, deviations, state.centers, labelled, eta)

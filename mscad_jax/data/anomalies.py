@@ -28,6 +28,7 @@ from mscad_jax.data.augment import hsv_to_rgb, rgb_to_hsv
 
 __all__ = [
     "LOCAL_ANOMALIES",
+    "append_synthetic_anomalies",
     "SYNTHETIC_ANOMALIES",
     "STYLE_CORRUPTIONS",
     "brightness",
@@ -374,3 +375,11 @@ def synthetic_anomalies(key: jax.Array, images: jax.Array, kinds: Sequence[str])
             candidates.append(local_anomaly_batch(jax.random.fold_in(k_local, len(candidates)), images, kind)[0])
     choice = jax.random.randint(k_kind, (images.shape[0],), 0, len(candidates))
     return jnp.take_along_axis(jnp.stack(candidates), choice[None, :, None, None, None], axis=0)[0]
+
+
+def append_synthetic_anomalies(key: jax.Array, images: jax.Array, labelled: jax.Array,
+                               kinds: Sequence[str]) -> tuple[jax.Array, jax.Array]:
+    """The batch with one corrupted copy of every image appended (`synthetic_anomalies`),
+    each copy flagged as a labelled anomaly: ([2N, H, W, C], [2N])."""
+    copies = synthetic_anomalies(key, images, kinds)
+    return jnp.concatenate([images, copies]), jnp.concatenate([labelled, jnp.ones_like(labelled)])

@@ -120,8 +120,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.knn_k = 5  # Neighbours of the knn scorer (cosine distance of pooled features to normal training images).
     c.eval.knn_pooling = "mean"  # knn vectors: mean (GAP of each scale) | flatten (keeps where each feature is).
     c.eval.pixel_floor = True  # Also report the raw-pixel 5-NN AUROC of the same split (the floor to clear).
-    c.eval.patch_knn = False  # Also measure auroc_patch_knn (PatchCore-style, per position; costs memory).
+    c.eval.patch_knn = False  # Also measure auroc_patch_knn and its pixel AUROC (per position; costs memory).
     c.eval.patch_bank_size = 20000  # Normal training patches per scale in the patch_knn bank (seeded draw).
+    # K > 0 compares each position with the same place in the K nearest normal training
+    # images (SPADE): on Fashion-MNIST local anomalies 81.2 vs 69.7 for the bank (cutpaste).
+    # Images whose objects are not aligned (textures) may want the bank (0).
+    c.eval.patch_knn_neighbours = 20  # patch_knn: K = SPADE's K; 0 = a bank of patches from any position (PatchCore).
+    c.eval.patch_knn_radius = 0  # With neighbours: positions of slack along each axis, at each scale's resolution.
     c.eval.linear_eval = False  # Linear probe on frozen pooled features of the full dataset.
     c.eval.linear_eval_max_examples = 20000  # Cap on linear-probe training images.
     c.eval.plots = True  # ROC, histograms, top anomalies with heatmaps.
@@ -438,6 +443,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
             _fail(f"{section}.noise_std", a.noise_std, "must be >= 0")
     if config.eval.patch_bank_size < 1:
         _fail("eval.patch_bank_size", config.eval.patch_bank_size, "must be a positive integer")
+    for field in ("patch_knn_neighbours", "patch_knn_radius"):
+        if not isinstance(config.eval[field], int) or config.eval[field] < 0:
+            _fail(f"eval.{field}", config.eval[field], "must be an integer >= 0")
     if num_devices is not None:
         for field in ("stage1.batch_size", "stage2.batch_size", "eval.batch_size"):
             section, name = field.split(".")

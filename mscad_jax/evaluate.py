@@ -31,6 +31,8 @@ from mscad_jax.models import anomem
 
 # Normal training images used to measure mu_s, sigma_s (a seeded subset when larger).
 MAX_STATS_EXAMPLES = 10000
+# Held-out normal training images that give the statistics of SPADE's patch_knn.
+MAX_HELD_OUT = 1000
 
 
 def score_images(score_fn: Callable, args: tuple, images: np.ndarray, batch_size: int, mesh: Mesh,
@@ -46,25 +48,61 @@ def score_images(score_fn: Callable, args: tuple, images: np.ndarray, batch_size
 
 
 def add_patch_knn_scores(train: dict[str, np.ndarray], test: dict[str, np.ndarray], names: list[str],
-                         bank_size: int, seed: int) -> dict[str, np.ndarray]:
-    """Adds 'patch_knn/<scale>': the largest, over positions, cosine distance of F_s[h, w]
-    to its nearest patch in a bank of normal training patches (PatchCore's score with a
-    random bank). The bank comes from half of the training images; the other half gives
-    the normal statistics, so no image is scored against its own patches. Returns the
-    training scores of that held-out half."""
-    order = np.random.default_rng([seed, 9]).permutation(len(train[f"patches/{names[0]}"]))
-    bank_half, stats_half = order[: len(order) // 2], order[len(order) // 2:]
+                         bank_size: int, seed: int, neighbours: int = 0, radius: int = 0) -> dict[str, np.ndarray]:
+    """Adds 'patch_knn/<scale>', the largest over positions of 'patch_map/<scale>' [M, H_s, W_s]:
+    each position's cosine distance to the normal training patches. Returns the same image
+    scores for held-out normal training images (their statistics).
+
+    `neighbours=0`: PatchCore's bank, a random draw of `bank_size` patches from any
+    position of half of the training images; the other half is held out. `neighbours=K`:
+    SPADE's, the patches within `radius` positions of the same place in the K nearest
+    normal training images (cosine on the deepest scale's flattened map, which is the
+    last of `names`); held out is a seeded subset of up to `MAX_HELD_OUT` training
+    images, each searched with itself left out.
+    """
+    rng = np.random.default_rng([seed, 9])
+    count = len(train[f"patches/{names[0]}"])
+    if neighbours:
+        held_rows = np.sort(rng.choice(count, min(count, MAX_HELD_OUT), replace=False))
+        deepest = train[f"patches/{names[-1]}"]
+        test_neighbours = knn.nearest_rows(deepest, test[f"patches/{names[-1]}"], neighbours)[1]
+        # One neighbour more than asked, then each held-out row's own index dropped: it
+        # is in the bank, and an image must not be compared with itself.
+        found = knn.nearest_rows(deepest, deepest[held_rows], neighbours + 1)[1]
+        others = found != held_rows[:, None]
+        held_neighbours = np.take_along_axis(found, np.argsort(~others, axis=1, kind="stable")[:, :neighbours], 1)
+    else:
+        order = rng.permutation(count)
+        bank_rows, held_rows = order[: count // 2], order[count // 2:]
     held_out = {}
     for n in names:
         patches = train.pop(f"patches/{n}")
         queries = test.pop(f"patches/{n}")
-        channels = patches.shape[-1]
-        bank = patches[bank_half].reshape(-1, channels)
-        bank = bank[np.random.default_rng([seed, 10]).choice(len(bank), min(bank_size, len(bank)), replace=False)]
-        worst = lambda x: knn.knn_distance(bank, x.reshape(-1, channels), 1).reshape(len(x), -1).max(axis=1)  # noqa: E731
-        test[f"patch_knn/{n}"] = worst(queries)
-        held_out[f"patch_knn/{n}"] = worst(patches[stats_half])
+        if neighbours:
+            test_map = knn.aligned_patch_distance(patches, queries, test_neighbours, radius)
+            held_map = knn.aligned_patch_distance(patches, patches[held_rows], held_neighbours, radius)
+        else:
+            channels = patches.shape[-1]
+            bank = patches[bank_rows].reshape(-1, channels)
+            bank = bank[np.random.default_rng([seed, 10]).choice(len(bank), min(bank_size, len(bank)), replace=False)]
+            distance_map = lambda x: knn.knn_distance(bank, x.reshape(-1, channels), 1).reshape(x.shape[:3])  # noqa: E731
+            test_map, held_map = distance_map(queries), distance_map(patches[held_rows])
+        test[f"patch_map/{n}"] = test_map
+        test[f"patch_knn/{n}"] = test_map.reshape(len(test_map), -1).max(axis=1)
+        held_out[f"patch_knn/{n}"] = held_map.reshape(len(held_map), -1).max(axis=1)
     return held_out
+
+
+def patch_localisation_maps(test: dict[str, np.ndarray], held_out_stats: dict[str, tuple[float, float]],
+                            names: list[str], weights: tuple[float, ...], image_shape: tuple[int, int]) -> np.ndarray:
+    """sum_s w_s patch_map_s / mu_s, each scale's map upsampled to the image and in units of
+    its mean image score on held-out normal data (as fusion.localisation_maps does)."""
+    total = 0.0
+    for n, w in zip(names, weights):
+        per_scale = test.pop(f"patch_map/{n}")
+        upsampled = jax.image.resize(per_scale, (len(per_scale), *image_shape), "bilinear")
+        total = total + w * np.asarray(upsampled) / max(held_out_stats[f"patch_knn/{n}"][0], fusion.SIGMA_FLOOR)
+    return total
 
 
 def evaluate(config: ml_collections.ConfigDict, data: protocols.ProtocolData, raw_fn: Callable,
@@ -95,10 +133,12 @@ def evaluate(config: ml_collections.ConfigDict, data: protocols.ProtocolData, ra
     test = score_images(score_jit, (parallel.replicate(state, mesh),), data.test_images, config.eval.batch_size, mesh)
     stats = {k: tuple(map(float, v)) for k, v in state["stats"].items()}
     if config.eval.patch_knn:
-        held_out = add_patch_knn_scores(train, test, names, config.eval.patch_bank_size, config.seed)
+        held_out = add_patch_knn_scores(train, test, names, config.eval.patch_bank_size, config.seed,
+                                        config.eval.patch_knn_neighbours, config.eval.patch_knn_radius)
         held_out_stats = fusion.normal_statistics(held_out)
         stats |= held_out_stats
         test["score/patch_knn"] = np.asarray(fusion.combine(test, held_out_stats, "patch_knn", names, weights))
+        patch_maps = patch_localisation_maps(test, held_out_stats, names, weights, data.test_images.shape[1:3])
     final = test["score"]
     test_by_scorer = {s: test[f"score/{s}"] for s in (*fusion.SCORERS, "patch_knn") if f"score/{s}" in test}
     labels = data.test_labels
@@ -125,9 +165,11 @@ def evaluate(config: ml_collections.ConfigDict, data: protocols.ProtocolData, ra
         "auroc_rotation": auroc_of("rotation"),
         "auroc_patch_memory": auroc_of("patch_memory"),
         "auroc_patch_knn": auroc_of("patch_knn"),
+        "auroc_patch_knn_per_scale": per_scale("patch_knn"),
         "auroc_pixel_knn_floor": knn.pixel_floor_auroc(normal_train, data.test_images, labels)
         if config.eval.pixel_floor else None,
         "pixel_auroc": metrics.pixel_auroc(maps, data.test_masks),
+        "pixel_auroc_patch_knn": metrics.pixel_auroc(patch_maps, data.test_masks) if config.eval.patch_knn else None,
         "num_test": int(len(labels)),
         "num_anomalies": int(labels.sum()),
         "num_train": int(len(data.train_images)),

@@ -3,7 +3,9 @@
 One function serves the learned-feature scorer (cosine distance on pooled, L2-normalised
 features, as the strongest from-scratch detectors score) and the raw-pixel floor that
 every result is published beside (Euclidean distance on pixels). scikit-learn's exact
-brute-force search does the work.
+brute-force search does the work. `aligned_patch_distance` is the per-position distance
+of SPADE (Cohen & Hoshen, 2020): each position of a feature map against the same
+positions of its image's nearest normal training images, for local anomalies.
 """
 
 from __future__ import annotations
@@ -21,6 +23,13 @@ def knn_distance(bank: np.ndarray, queries: np.ndarray | None, k: int, metric: s
     distance does not count), which gives the normal-data statistics of the score.
     Cosine distance is 1 - cos; rows are flattened to vectors first.
     """
+    return nearest_rows(bank, queries, k, metric)[0].mean(axis=1)
+
+
+def nearest_rows(bank: np.ndarray, queries: np.ndarray | None, k: int,
+                 metric: str = "cosine") -> tuple[np.ndarray, np.ndarray]:
+    """Distances and bank indices, [Q, k] each, of every query row's `k` nearest bank
+    rows, nearest first (`queries=None`: the bank against itself, each row left out)."""
     if metric not in METRICS:
         raise ValueError(f"metric {metric!r} is not one of {METRICS}")
     bank = np.asarray(bank, np.float32).reshape(len(bank), -1)
@@ -29,10 +38,45 @@ def knn_distance(bank: np.ndarray, queries: np.ndarray | None, k: int, metric: s
         raise ValueError(f"k={k} needs 1..{available} bank rows to compare against, the bank holds {len(bank)}")
     search = NearestNeighbors(n_neighbors=k, metric=metric, algorithm="brute").fit(bank)
     if queries is None:
-        distances, _ = search.kneighbors()  # scikit-learn leaves each bank row out of its own search
-    else:
-        distances, _ = search.kneighbors(np.asarray(queries, np.float32).reshape(len(queries), -1))
-    return distances.mean(axis=1)
+        return search.kneighbors()  # scikit-learn leaves each bank row out of its own search
+    return search.kneighbors(np.asarray(queries, np.float32).reshape(len(queries), -1))
+
+
+def aligned_patch_distance(bank_maps: np.ndarray, query_maps: np.ndarray, neighbours: np.ndarray,
+                           radius: int = 0, metric: str = "cosine", chunk: int = 128) -> np.ndarray:
+    """[Q, H, W] distance (`metric`) of each query position to the closest position, at
+    most `radius` away along each axis, of the maps of its neighbour images.
+
+    bank_maps [N, H, W, C] and query_maps [Q, H, W, C] are feature maps; neighbours [Q, K]
+    indexes bank_maps. Comparing a position only with the same place in similar normal
+    images (SPADE) keeps what a position-free patch bank loses: a patch that is normal
+    somewhere in a T-shirt can still be wrong where it is.
+    """
+    if metric not in METRICS:
+        raise ValueError(f"metric {metric!r} is not one of {METRICS}")
+    cosine = metric == "cosine"
+    unit = lambda x: np.asarray(x, np.float32) / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)  # noqa: E731
+    bank, queries = (unit(bank_maps), unit(query_maps)) if cosine else (np.asarray(bank_maps, np.float32),
+                                                                       np.asarray(query_maps, np.float32))
+    if neighbours.shape[0] != len(queries) or bank.shape[1:] != queries.shape[1:]:
+        raise ValueError(f"maps {bank.shape} and {queries.shape} with neighbours {neighbours.shape} do not match")
+    h, w = queries.shape[1:3]
+    out = np.empty(queries.shape[:3], np.float32)
+    for start in range(0, len(queries), chunk):
+        q = queries[start:start + chunk]
+        best = np.full(q.shape[:3], np.inf, np.float32)
+        for k in range(neighbours.shape[1]):
+            # Edge padding repeats border positions, so a shift never compares with zeros.
+            padded = np.pad(bank[neighbours[start:start + chunk, k]], ((0, 0), (radius, radius), (radius, radius), (0, 0)),
+                            mode="edge")
+            for dy in range(2 * radius + 1):
+                for dx in range(2 * radius + 1):
+                    other = padded[:, dy:dy + h, dx:dx + w]
+                    distance = 1.0 - np.einsum("qhwc,qhwc->qhw", q, other) if cosine \
+                        else np.sum((q - other) ** 2, axis=-1)
+                    best = np.minimum(best, distance)
+        out[start:start + chunk] = best if cosine else np.sqrt(best)
+    return out
 
 
 def pixel_floor_auroc(train_images: np.ndarray, test_images: np.ndarray, test_labels: np.ndarray,

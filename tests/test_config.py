@@ -136,6 +136,8 @@ INVALID = [
     ("default", "eval.scorer", ()),
     ("default", "eval.knn_k", 0),
     ("default", "eval.patch_bank_size", 0),
+    ("default", "eval.patch_knn_neighbours", -1),
+    ("default", "eval.patch_knn_radius", -2),
     ("default", "stage2.pooling", "max"),
     ("default", "eval.knn_pooling", "max"),
     ("default", "stage2.synthetic_anomalies", ("rotation", "blur")),

@@ -101,9 +101,12 @@ def test_unbalanced_local_anomalies_with_linear_eval(tiny_config, tmp_path):
     config = tiny_config(dataset="digits", protocol="unbalanced", anomaly_ratio=0.1, anomaly_type="local",
                          local_kind="scar", image_size=16)
     config.eval.linear_eval = True
+    config.eval.patch_knn, config.eval.patch_knn_neighbours, config.eval.patch_knn_radius = True, 3, 1
     workdir = str(tmp_path / "run")
     train.train_and_evaluate(config, workdir)
     results = _check_results(workdir, expect_pixel_auroc=True)
+    assert 0.0 <= results["auroc_patch_knn"] <= 1.0 and 0.0 <= results["pixel_auroc_patch_knn"] <= 1.0
+    assert set(results["auroc_patch_knn_per_scale"]) == set(results["auroc_per_scale"])
     assert results["num_train_labelled_anomalies"] == int(round(0.1 * 124))
     assert 0.0 <= results["linear_eval_accuracy"] <= 1.0
     assert results["num_anomalies"] * 2 == results["num_test"]

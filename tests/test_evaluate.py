@@ -136,3 +136,31 @@ def test_patch_knn_scores_the_worst_position_against_held_out_training_patches()
     np.testing.assert_allclose(held_out["patch_knn/scale2"], worst(train_patches[stats_rows]), rtol=1e-4, atol=1e-5)
     if 0 in bank_rows:  # an image whose patches are all in the bank scores 0
         assert test["patch_knn/scale2"][0] == pytest.approx(0.0, abs=1e-5)
+
+
+def test_spade_patch_knn_compares_each_place_with_the_nearest_images_never_with_itself():
+    rng = np.random.default_rng(1)
+    train = {"patches/scale2": rng.normal(size=(6, 2, 2, 3)), "patches/scale3": rng.normal(size=(6, 1, 1, 4))}
+    originals = {k: v.copy() for k, v in train.items()}
+    test = {k: v[[0, 3]].copy() for k, v in train.items()}  # test images equal to training images 0 and 3
+    test["patches/scale2"][1, 0, 1] += 5.0  # ... the second with one position changed at scale 2
+    held_out = evaluate.add_patch_knn_scores(train, test, ["scale2", "scale3"], bank_size=1, seed=0, neighbours=1)
+    unit = lambda a: a / np.linalg.norm(a, axis=-1, keepdims=True)  # noqa: E731
+    deepest = unit(originals["patches/scale3"].reshape(6, -1))
+    similarity = deepest @ deepest.T
+    np.fill_diagonal(similarity, -np.inf)  # held-out images are searched with themselves left out
+    nearest_other = similarity.argmax(axis=1)
+    for n in ("scale2", "scale3"):
+        maps = originals[f"patches/{n}"]
+        cosine = np.sum(unit(maps) * unit(maps[nearest_other]), axis=-1)
+        want = (1.0 - cosine).reshape(6, -1).max(axis=1)
+        np.testing.assert_allclose(held_out[f"patch_knn/{n}"], want, rtol=1e-4, atol=1e-5)  # all 6 held out
+    assert test["patch_knn/scale3"] == pytest.approx([0.0, 0.0], abs=1e-5)
+    # Test images are searched against the whole bank: each finds its own original, so only
+    # the changed position differs.
+    original = originals["patches/scale2"][3, 0, 1]
+    moved = 1.0 - np.dot(unit(original), unit(original + 5.0))
+    want_map = np.zeros((2, 2, 2))
+    want_map[1, 0, 1] = moved
+    np.testing.assert_allclose(test["patch_map/scale2"], want_map, atol=1e-5)
+    assert test["patch_knn/scale2"] == pytest.approx([0.0, moved], abs=1e-5)

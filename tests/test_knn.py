@@ -73,3 +73,47 @@ def test_the_jitted_knn_of_the_scorer_matches_the_sklearn_search():
     unit_bank = losses.l2_normalize(jnp.asarray(bank, jnp.float32))
     got = jax.jit(scorer.knn_distance, static_argnums=2)(jnp.asarray(queries, jnp.float32), unit_bank, 4)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("metric", knn.METRICS)
+@pytest.mark.parametrize("radius", [0, 1])
+def test_aligned_patch_distance_matches_a_loop_over_positions(radius, metric):
+    rng = np.random.default_rng(4)
+    bank, queries = rng.normal(size=(5, 3, 4, 2)), rng.normal(size=(3, 3, 4, 2))
+    neighbours = np.array([[0, 2], [4, 1], [3, 3]])
+    got = knn.aligned_patch_distance(bank, queries, neighbours, radius, metric, chunk=2)
+    want = np.zeros((3, 3, 4))
+    for q in range(3):
+        for y in range(3):
+            for x in range(4):
+                best = np.inf
+                for b in neighbours[q]:
+                    # positions outside the map repeat the border (edge padding)
+                    for yy in range(y - radius, y + radius + 1):
+                        for xx in range(x - radius, x + radius + 1):
+                            u, v = queries[q, y, x], bank[b, min(max(yy, 0), 2), min(max(xx, 0), 3)]
+                            distance = 1 - u @ v / (np.linalg.norm(u) * np.linalg.norm(v)) if metric == "cosine" \
+                                else np.linalg.norm(u - v)
+                            best = min(best, distance)
+                want[q, y, x] = best
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_aligned_patch_distance_is_zero_where_a_neighbour_matches_and_local_elsewhere():
+    rng = np.random.default_rng(5)
+    bank = rng.normal(size=(4, 5, 5, 3))
+    query = bank[2:3].copy()
+    query[0, 1, 3] = -query[0, 1, 3]  # one position points the opposite way
+    got = knn.aligned_patch_distance(bank, query, np.array([[2]]))
+    assert got[0, 1, 3] == pytest.approx(2.0, abs=1e-5)
+    got[0, 1, 3] = 0.0
+    np.testing.assert_allclose(got, 0.0, atol=1e-5)
+    with pytest.raises(ValueError, match="do not match"):
+        knn.aligned_patch_distance(bank, query[:, :4], np.array([[2]]))
+
+
+def test_nearest_rows_orders_the_neighbours_and_leaves_each_row_out():
+    bank = np.array([[0.0], [1.0], [3.0], [7.0]])
+    distances, indices = knn.nearest_rows(bank, None, 2, "euclidean")
+    np.testing.assert_array_equal(indices, [[1, 2], [0, 2], [1, 0], [2, 1]])
+    np.testing.assert_allclose(distances, [[1, 3], [1, 2], [2, 3], [4, 6]])

@@ -36,6 +36,7 @@ def get_config(arg: str | None = None):
     c.stage2.embed_dim = 16
     c.eval.batch_size = 256
     c.eval.scorer = ("knn",)  # The rotation head is weak on digits (6 vs 9): kNN alone.
+    c.eval.knn_k = 3  # Mean over ten digits, same weights: k=1 99.66, 3 99.69, 5 99.65, 10 99.51.
     c.eval.score_weights = (1.0, 0.0, 0.0, 0.0)  # Mean over ten digits 99.65 vs 99.58 with all four scales.
     c.log_every_steps = 25
     c.checkpoint_every_steps = 200

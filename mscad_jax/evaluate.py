@@ -62,6 +62,9 @@ def add_patch_knn_scores(train: dict[str, np.ndarray], test: dict[str, np.ndarra
     """
     rng = np.random.default_rng([seed, 9])
     count = len(train[f"patches/{names[0]}"])
+    if neighbours >= count:
+        raise config_lib.ConfigError(f"eval.patch_knn_neighbours={neighbours} needs more normal training images than "
+                                     f"that; there are {count}")
     if neighbours:
         held_rows = np.sort(rng.choice(count, min(count, MAX_HELD_OUT), replace=False))
         deepest = train[f"patches/{names[-1]}"]

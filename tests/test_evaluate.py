@@ -164,3 +164,6 @@ def test_spade_patch_knn_compares_each_place_with_the_nearest_images_never_with_
     want_map[1, 0, 1] = moved
     np.testing.assert_allclose(test["patch_map/scale2"], want_map, atol=1e-5)
     assert test["patch_knn/scale2"] == pytest.approx([0.0, moved], abs=1e-5)
+    with pytest.raises(ValueError, match="eval.patch_knn_neighbours=6"):
+        evaluate.add_patch_knn_scores({"patches/scale2": np.ones((6, 2, 2, 3))}, {"patches/scale2": np.ones((1, 2, 2, 3))},
+                                      ["scale2"], bank_size=1, seed=0, neighbours=6)

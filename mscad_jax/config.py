@@ -74,6 +74,7 @@ def base_config() -> ml_collections.ConfigDict:
     # AUROC 78.4 vs 70.5 and A0 AUROC 68.7 vs 36.9 (raw F - R is dominated by feature norms).
     c.model.dtype = "float32"  # Compute dtype: float32 | bfloat16 (params stay float32).
     c.model.rotation_head = False  # 4-way rotation classifier on the deepest scale (CSI); trained when stage1.rotations.
+    c.model.local_head = False  # A 1x1-conv per scale that segments local anomalies in F_s; trained by stage1.local_anomalies.
 
     # ---- stage 1: memory-augmented contrastive learning ----------------------------
     c.stage1 = ml_collections.ConfigDict()
@@ -95,6 +96,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.stage1.repulsion_weight = 1.0  # Weight of the labelled-anomaly repulsion term.
     c.stage1.repulsion_margin = 0.0  # Cosine margin of the repulsion term.
     c.stage1.synthetic_anomalies = ()  # Kinds (cutpaste, scar, rotation) of one corrupted copy per image, a labelled anomaly (batch x2).
+    # A dense objective: the first views also enter with a local anomaly pasted in (batch
+    # x1.5), and model.local_head learns where it is, per position of every scale.
+    c.stage1.local_anomalies = ()  # Kinds (cutpaste, scar) for model.local_head's per-position segmentation; () = off.
+    c.stage1.local_weight = 1.0  # Weight of that per-position binary cross-entropy.
     c.stage1.augment = augment_section()  # The views of the contrastive task (fields: augment_section).
     # ---- stage 2: deviation-map detectors -----------------------------------------
     c.stage2 = ml_collections.ConfigDict()
@@ -373,6 +378,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         synthetic = tuple(config[stage].synthetic_anomalies)
         if len(set(synthetic)) != len(synthetic) or not set(synthetic) <= set(SYNTHETIC_ANOMALIES):
             _fail(f"{stage}.synthetic_anomalies", synthetic, f"distinct kinds from {', '.join(SYNTHETIC_ANOMALIES)}")
+    local = tuple(config.stage1.local_anomalies)
+    if len(set(local)) != len(local) or not set(local) <= set(LOCAL_ANOMALIES):
+        _fail("stage1.local_anomalies", local, f"distinct kinds from {', '.join(LOCAL_ANOMALIES)}")
+    if local and not m.local_head:
+        _fail("stage1.local_anomalies", local, "they train model.local_head: set it True (or these to ())")
+    if m.local_head and not local:
+        _fail("model.local_head", m.local_head, "is trained by stage1.local_anomalies: name kinds there (or set False)")
     if config.stage2.pooling not in POOLINGS:
         _fail("stage2.pooling", config.stage2.pooling, f"allowed: {', '.join(POOLINGS)}")
     if m.dtype not in ("float32", "bfloat16"):
@@ -393,6 +405,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         _fail("eval.scorer", scorers, f"distinct names from {', '.join(SCORERS)}, joined with '+'")
     if "rotation" in scorers and not m.rotation_head:
         _fail("eval.scorer", scorers, "the rotation scorer needs model.rotation_head=True")
+    if "local" in scorers and not m.local_head:
+        _fail("eval.scorer", scorers, "the local scorer needs model.local_head=True (and stage1.local_anomalies)")
     if "patch_memory" in scorers and m.projected_memory:
         _fail("eval.scorer", scorers, "patch_memory compares features with slots: not with model.projected_memory")
     if m.rotation_head and not config.stage1.rotations:
@@ -424,7 +438,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
             _fail(field, value, "must be positive")
     non_negative = ("stage1.warmup_epochs", "stage1.memory_weight", "stage1.instance_weight",
                     "stage1.variance_weight", "stage1.reconstruction_weight", "stage1.repulsion_weight",
-                    "stage1.rotation_weight", "stage2.eta")
+                    "stage1.rotation_weight", "stage1.local_weight", "stage2.eta")
     for field in non_negative:
         value = _get(config, field)
         if not value >= 0:

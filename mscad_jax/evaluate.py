@@ -167,6 +167,8 @@ def evaluate(config: ml_collections.ConfigDict, data: protocols.ProtocolData, ra
         "auroc_knn_per_scale": per_scale("knn"),
         "auroc_rotation": auroc_of("rotation"),
         "auroc_patch_memory": auroc_of("patch_memory"),
+        "auroc_local": auroc_of("local"),
+        "auroc_local_per_scale": per_scale("local"),
         "auroc_patch_knn": auroc_of("patch_knn"),
         "auroc_patch_knn_per_scale": per_scale("patch_knn"),
         "auroc_pixel_knn_floor": knn.pixel_floor_auroc(normal_train, data.test_images, labels)

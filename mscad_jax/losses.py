@@ -24,6 +24,8 @@ Functions
   the retrieved map to reconstruct the features.
 * :func:`rotation_cross_entropy` -- cross-entropy of a shifting-transformation
   (rotation) classifier over selected rows.
+* :func:`local_segmentation` -- per-position binary cross-entropy of a local-anomaly
+  segmentation head against box-downsampled masks.
 * :func:`deep_sad_loss` -- Deep SAD (semi-supervised Deep SVDD) loss over
   multiple scales, with optional per-sample weights for padded rows.
 """
@@ -32,7 +34,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import optax
 from jax.typing import ArrayLike
+
+from mscad_jax.data.anomalies import box_downsample_matrix
 
 __all__ = [
     "l2_normalize",
@@ -41,6 +46,7 @@ __all__ = [
     "memory_repulsion",
     "memory_reconstruction",
     "rotation_cross_entropy",
+    "local_segmentation",
     "deep_sad_loss",
 ]
 
@@ -232,3 +238,18 @@ def deep_sad_loss(
     # ``where`` so that garbage (inf/NaN) in zero-weight padded rows cannot leak.
     weighted = jnp.where(w != 0, w * per_sample, jnp.zeros_like(per_sample))
     return jnp.sum(weighted) / jnp.maximum(jnp.sum(w), 1.0)
+
+
+def local_segmentation(logits: ArrayLike, masks: ArrayLike) -> jax.Array:
+    """Mean per-position binary cross-entropy of `logits` [B, H, W] against the fraction of
+    each position's cell of the image that `masks` [B, H0, W0] (1 = anomalous) covers.
+
+    The cells tile the image as the strided encoder does (a box average of the mask, PIL's
+    BOX weights where H0 is not a multiple of H), so a feature position is asked about the
+    pixels it sees most directly.
+    """
+    logits = jnp.asarray(logits, jnp.float32)
+    masks = jnp.asarray(masks, jnp.float32)
+    (h, w), (h0, w0) = logits.shape[1:], masks.shape[1:]
+    targets = jnp.einsum("ah,bhw,cw->bac", box_downsample_matrix(h0, h), masks, box_downsample_matrix(w0, w))
+    return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, targets))

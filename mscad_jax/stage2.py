@@ -190,7 +190,8 @@ def score_function(det: detector.MultiScaleDetector | None, model: anomem.AnoMem
     model has a rotation head, 'rotation': [B] sum over the four rotations r of
     -log p(r | x rotated by r) (CSI's shifting-transformation score). Every image also
     gets 'patch_memory/<scale>': the largest, over positions, cosine distance of F_s[h, w]
-    to its nearest memory slot; with `patches`, 'patches/<scale>' [B, H_s, W_s, C_s]
+    to its nearest memory slot, and with model.local_head 'local/<scale>', the largest
+    logit of the local-anomaly segmentation head; with `patches`, 'patches/<scale>' [B, H_s, W_s, C_s]
     holds the unpooled features for patch-level nearest neighbours. With
     `rotated_features`, 'feature/<scale>' concatenates the L2-normalised pooled features
     of the image rotated by 0, 90, 180 and 270 degrees (a test-time ensemble for k-NN).
@@ -215,6 +216,8 @@ def score_function(det: detector.MultiScaleDetector | None, model: anomem.AnoMem
                 slots = model.memory_slots(frozen["params"])[n]
                 nearest = jnp.max(losses.l2_normalize(outputs[n]["features"]) @ losses.l2_normalize(slots).T, -1)
                 out[f"patch_memory/{n}"] = jnp.max(1.0 - nearest, axis=(1, 2))
+            if model.local_head:  # the segmentation head's most anomalous position
+                out[f"local/{n}"] = jnp.max(outputs[n]["local_logits"], axis=(1, 2))
             if patches:
                 out[f"patches/{n}"] = outputs[n]["features"]
         if model.rotation_head or rotated_features:

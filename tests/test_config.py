@@ -138,6 +138,11 @@ INVALID = [
     ("default", "eval.patch_bank_size", 0),
     ("default", "eval.patch_knn_neighbours", -1),
     ("default", "eval.patch_knn_radius", -2),
+    ("default", "stage1.local_anomalies", ("scar",)),  # without model.local_head
+    ("default", "stage1.local_anomalies", ("rotation",)),
+    ("default", "model.local_head", True),  # without stage1.local_anomalies
+    ("default", "stage1.local_weight", -1.0),
+    ("default", "eval.scorer", ("local",)),
     ("default", "stage2.pooling", "max"),
     ("default", "eval.knn_pooling", "max"),
     ("default", "stage2.synthetic_anomalies", ("rotation", "blur")),

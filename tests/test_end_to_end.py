@@ -97,16 +97,18 @@ def test_evaluate_mode_without_checkpoints_fails_clearly(tiny_config, tmp_path):
         train.train_and_evaluate(tiny_config(dataset="digits"), str(tmp_path / "empty"), mode="evaluate")
 
 
-def test_unbalanced_local_anomalies_with_linear_eval(tiny_config, tmp_path):
+def test_unbalanced_local_anomalies_with_the_local_scorers_and_linear_eval(tiny_config, tmp_path):
     config = tiny_config(dataset="digits", protocol="unbalanced", anomaly_ratio=0.1, anomaly_type="local",
                          local_kind="scar", image_size=16)
     config.eval.linear_eval = True
     config.eval.patch_knn, config.eval.patch_knn_neighbours, config.eval.patch_knn_radius = True, 3, 1
+    config.model.local_head, config.stage1.local_anomalies = True, ("cutpaste",)
     workdir = str(tmp_path / "run")
     train.train_and_evaluate(config, workdir)
     results = _check_results(workdir, expect_pixel_auroc=True)
     assert 0.0 <= results["auroc_patch_knn"] <= 1.0 and 0.0 <= results["pixel_auroc_patch_knn"] <= 1.0
     assert set(results["auroc_patch_knn_per_scale"]) == set(results["auroc_per_scale"])
+    assert 0.0 <= results["auroc_local"] <= 1.0
     assert results["num_train_labelled_anomalies"] == int(round(0.1 * 124))
     assert 0.0 <= results["linear_eval_accuracy"] <= 1.0
     assert results["num_anomalies"] * 2 == results["num_test"]

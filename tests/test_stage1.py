@@ -1,11 +1,13 @@
 """Stage 1: the pure train step, its sharding invariance, masks, the loop and resuming."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
 from clu import metric_writers
 
-from mscad_jax import loop, parallel, stage1
+from mscad_jax import losses, loop, parallel, stage1
 from mscad_jax.data import anomalies, input_pipeline
 from mscad_jax.models import anomem
 
@@ -244,3 +246,36 @@ def test_reconstruction_moves_the_memory_not_the_encoder(tiny_config, random_ima
                                                        np.zeros(4, bool), rotation, hp)[0])(variables["params"])
     assert all(float(np.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads["encoder"]))
     assert float(np.abs(grads["memory_scale3"]["slots"]).max()) > 0.0
+
+
+def test_local_anomalies_add_a_segmentation_term_on_pasted_views(tiny_config, random_images):
+    """stage1.local_anomalies: view 1 also enters with a local anomaly pasted in; the step's
+    loss is the contrastive loss plus local_weight x the head's per-position cross-entropy
+    against the pasted masks (zero on every plain view)."""
+    config = tiny_config(**{"stage1.local_anomalies": ("scar",), "model.local_head": True,
+                            "stage1.local_weight": 0.5, "stage1.batch_size": 4})
+    hp = stage1.Stage1Hparams.from_config(config)
+    images = random_images(4)
+    mesh, state, step = _setup(config, images, jax.devices()[:1])
+    model = anomem.AnoMem(**config.model)
+    batch = next(input_pipeline.train_batches({"image": images, "labelled_anomaly": np.zeros(4, bool)}, 4, 0, 0, 1,
+                                              mesh))[1]
+    key = jax.random.fold_in(state.rng, state.step)
+    views, rotation = stage1.shifted_views(key, input_pipeline.to_float(parallel.fetch(batch["image"])), hp)
+    pasted, masks = anomalies.local_anomaly_mix(jax.random.fold_in(key, 2), views[: len(rotation)], ("scar",))
+    assert float(masks.sum()) > 0
+    all_views, labelled = np.concatenate([views, pasted]), np.zeros(len(rotation), bool)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    logits = model.apply(variables, all_views, train=True, mutable=["batch_stats"])[0]
+    plain = np.zeros((2 * len(rotation),) + masks.shape[1:], np.float32)
+    want_terms = {n: losses.local_segmentation(logits[n]["local_logits"], np.concatenate([plain, masks]))
+                  for n in hp.scale_names}
+    loss, (_, metrics) = stage1.loss_and_metrics(state.params, state.batch_stats, model, all_views, labelled, rotation,
+                                                 hp, masks)
+    without, _ = stage1.loss_and_metrics(state.params, state.batch_stats, model, all_views, labelled, rotation,
+                                         dataclasses.replace(hp, local_weight=0.0), masks)
+    for n in hp.scale_names:
+        np.testing.assert_allclose(metrics[f"{n}/local_segmentation"], want_terms[n], rtol=1e-5)
+    np.testing.assert_allclose(loss - without, 0.5 * sum(want_terms.values()), rtol=1e-4)
+    _, got = step(state, batch)
+    np.testing.assert_allclose(parallel.fetch(got)["loss"], loss, rtol=1e-5)

@@ -29,6 +29,7 @@ from mscad_jax.data.augment import hsv_to_rgb, rgb_to_hsv
 __all__ = [
     "LOCAL_ANOMALIES",
     "append_synthetic_anomalies",
+    "box_downsample_matrix",
     "SYNTHETIC_ANOMALIES",
     "STYLE_CORRUPTIONS",
     "brightness",
@@ -38,6 +39,7 @@ __all__ = [
     "gaussian_noise",
     "local_anomaly",
     "local_anomaly_batch",
+    "local_anomaly_mix",
     "pixelate",
     "scar",
     "style_corrupt",
@@ -154,8 +156,9 @@ def brightness(key: jax.Array, image: jax.Array, severity: int) -> jax.Array:
     return jnp.clip(hsv_to_rgb(hsv), 0.0, 1.0).astype(image.dtype)
 
 
-def _box_downsample_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """[n_out, n_in] area-averaging weights: PIL's BOX filter for a downscale."""
+def box_downsample_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """[n_out, n_in] area-averaging weights: PIL's BOX filter for a downscale (each output
+    cell averages the input it covers, fractional edges weighted by their overlap)."""
     edges = np.linspace(0.0, n_in, n_out + 1)
     lo, hi = edges[:-1, None], edges[1:, None]
     left = np.arange(n_in, dtype=np.float64)[None, :]
@@ -173,8 +176,8 @@ def pixelate(key: jax.Array, image: jax.Array, severity: int) -> jax.Array:
     # At least one pixel less than the input, or pixelate would be a no-op on tiny images.
     h_small = max(1, min(h - 1, int(h * c)))
     w_small = max(1, min(w - 1, int(w * c)))
-    down_h = jnp.asarray(_box_downsample_matrix(h, h_small))
-    down_w = jnp.asarray(_box_downsample_matrix(w, w_small))
+    down_h = jnp.asarray(box_downsample_matrix(h, h_small))
+    down_w = jnp.asarray(box_downsample_matrix(w, w_small))
     small = jnp.einsum("ah,hwc,bw->abc", down_h, image, down_w)
     # Nearest upsampling with half-pixel centres: static index tables, a plain gather.
     idx_h = np.minimum(((np.arange(h) + 0.5) * h_small / h).astype(np.int32), h_small - 1)
@@ -361,6 +364,21 @@ def local_anomaly_batch(
 SYNTHETIC_ANOMALIES = (*LOCAL_ANOMALIES, "rotation")
 
 
+def _pick(candidates: Sequence[jax.Array], choice: jax.Array) -> jax.Array:
+    """Row i of candidates[choice[i]], for candidates of the same shape [N, ...]."""
+    stacked = jnp.stack(candidates)
+    return jnp.take_along_axis(stacked, choice.reshape((1, -1) + (1,) * (stacked.ndim - 2)), axis=0)[0]
+
+
+def local_anomaly_mix(key: jax.Array, images: jax.Array, kinds: Sequence[str]) -> tuple[jax.Array, jax.Array]:
+    """One local anomaly in every image [N, H, W, C], its kind drawn uniformly from `kinds`
+    (cutpaste, scar): (images, masks [N, H, W])."""
+    k_kind, k_local = jax.random.split(key)
+    made = [local_anomaly_batch(jax.random.fold_in(k_local, i), images, kind) for i, kind in enumerate(kinds)]
+    choice = jax.random.randint(k_kind, (images.shape[0],), 0, len(made))
+    return _pick([m[0] for m in made], choice), _pick([m[1] for m in made], choice)
+
+
 def synthetic_anomalies(key: jax.Array, images: jax.Array, kinds: Sequence[str]) -> jax.Array:
     """One corrupted copy of every image [N, H, W, C], its kind drawn uniformly from
     `kinds`: a local anomaly (cutpaste, scar) or a rotation by 90, 180 or 270 degrees."""
@@ -370,11 +388,11 @@ def synthetic_anomalies(key: jax.Array, images: jax.Array, kinds: Sequence[str])
         if kind == "rotation":
             rotated = jnp.stack([jnp.rot90(images, r, axes=(1, 2)) for r in (1, 2, 3)])
             pick = jax.random.randint(k_rotation, (images.shape[0],), 0, 3)
-            candidates.append(jnp.take_along_axis(rotated, pick[None, :, None, None, None], axis=0)[0])
+            candidates.append(_pick(list(rotated), pick))
         else:
             candidates.append(local_anomaly_batch(jax.random.fold_in(k_local, len(candidates)), images, kind)[0])
     choice = jax.random.randint(k_kind, (images.shape[0],), 0, len(candidates))
-    return jnp.take_along_axis(jnp.stack(candidates), choice[None, :, None, None, None], axis=0)[0]
+    return _pick(candidates, choice)
 
 
 def append_synthetic_anomalies(key: jax.Array, images: jax.Array, labelled: jax.Array,

@@ -66,6 +66,7 @@ class AnoMem(nn.Module):
     deviation: str = "difference"
     dtype: Any = "float32"  # compute dtype: a name ('float32', 'bfloat16') or a jnp dtype
     rotation_head: bool = False
+    local_head: bool = False  # per scale, 'local_logits' [B, H_s, W_s]: is this position anomalous?
 
     def memory_slots(self, params: dict) -> dict[str, jnp.ndarray]:
         """{scale name: the memory's stored patterns [num_slots, C_s]} from the model's params."""
@@ -86,6 +87,8 @@ class AnoMem(nn.Module):
             retrieved, attention = memory(features)
             result = {"features": features, "retrieved": retrieved, "attention": attention,
                       "deviation": deviation_map(features, retrieved, self.deviation)}
+            if self.local_head:
+                result["local_logits"] = nn.Conv(1, (1, 1), name=f"local_head_{name}")(features)[..., 0]
             if fixed_feature_retrieval:
                 result["retrieved_fixed"], _ = memory(jax.lax.stop_gradient(features))
             if heads:

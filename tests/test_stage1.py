@@ -213,18 +213,23 @@ def test_stage1_loss_with_labelled_anomalies_and_every_term_matches_reference(ti
     np.testing.assert_allclose(float(loss), want, rtol=1e-4)
 
 
+def _first_step(config, images):
+    """What a one-device step starts from, for comparing it with loss_and_metrics: the
+    hparams, model, state, jitted step, first batch of `images`, the step's key and the
+    batch as floats."""
+    mesh, state, step = _setup(config, images, jax.devices()[:1])
+    batch = next(input_pipeline.train_batches({"image": images, "labelled_anomaly": np.zeros(len(images), bool)},
+                                              len(images), 0, 0, 1, mesh))[1]
+    key = jax.random.fold_in(state.rng, state.step)
+    return (stage1.Stage1Hparams.from_config(config), anomem.AnoMem(**config.model), state, step, batch, key,
+            input_pipeline.to_float(parallel.fetch(batch["image"])))
+
+
 def test_synthetic_anomalies_enter_stage1_as_labelled_copies(tiny_config, random_images):
     """stage1.synthetic_anomalies: the step adds one corrupted copy of every image as a
     labelled anomaly; its loss is the loss of that enlarged batch."""
     config = tiny_config(**{"stage1.synthetic_anomalies": ("cutpaste", "scar"), "stage1.batch_size": 4})
-    hp = stage1.Stage1Hparams.from_config(config)
-    images = random_images(4)
-    mesh, state, step = _setup(config, images, jax.devices()[:1])
-    model = anomem.AnoMem(**config.model)
-    batch = next(input_pipeline.train_batches({"image": images, "labelled_anomaly": np.zeros(4, bool)}, 4, 0, 0, 1,
-                                              mesh))[1]
-    key = jax.random.fold_in(state.rng, state.step)
-    floats = input_pipeline.to_float(parallel.fetch(batch["image"]))
+    hp, model, state, step, batch, key, floats = _first_step(config, random_images(4))
     corrupted = anomalies.synthetic_anomalies(jax.random.fold_in(key, 1), floats, ("cutpaste", "scar"))
     assert not np.array_equal(corrupted, floats)
     views, rotation = stage1.shifted_views(key, np.concatenate([floats, corrupted]), hp)
@@ -254,14 +259,8 @@ def test_local_anomalies_add_a_segmentation_term_on_pasted_views(tiny_config, ra
     against the pasted masks (zero on every plain view)."""
     config = tiny_config(**{"stage1.local_anomalies": ("scar",), "model.local_head": True,
                             "stage1.local_weight": 0.5, "stage1.batch_size": 4})
-    hp = stage1.Stage1Hparams.from_config(config)
-    images = random_images(4)
-    mesh, state, step = _setup(config, images, jax.devices()[:1])
-    model = anomem.AnoMem(**config.model)
-    batch = next(input_pipeline.train_batches({"image": images, "labelled_anomaly": np.zeros(4, bool)}, 4, 0, 0, 1,
-                                              mesh))[1]
-    key = jax.random.fold_in(state.rng, state.step)
-    views, rotation = stage1.shifted_views(key, input_pipeline.to_float(parallel.fetch(batch["image"])), hp)
+    hp, model, state, step, batch, key, floats = _first_step(config, random_images(4))
+    views, rotation = stage1.shifted_views(key, floats, hp)
     pasted, masks = anomalies.local_anomaly_mix(jax.random.fold_in(key, 2), views[: len(rotation)], ("scar",))
     assert float(masks.sum()) > 0
     all_views, labelled = np.concatenate([views, pasted]), np.zeros(len(rotation), bool)

@@ -1,16 +1,19 @@
 """Scores for the test split -> metrics (the results dict), TensorBoard scalars and plots.
 
-Four scorers, each reported on its own whatever the config picks:
+The scorers, each reported on its own whatever the config picks:
 - detector: A(x) = sum_s w_s (a_s(x) - mu_s) / sigma_s, the stage-2 distances;
 - a0: the training-free sum_s w_s standardised mean_hw ||D_s||^2;
 - knn: the same fusion of k-NN cosine distances of GAP(F_s) to the normal training set;
-- rotation: the rotation head's negative log-likelihood over the four rotations.
+- rotation: the rotation head's negative log-likelihood over the four rotations;
+- patch_memory, and local (with model.local_head): the worst position's distance to
+  the memory, and the segmentation head's largest logit.
 mu_s, sigma_s are measured on normal training data (leave-one-out for k-NN). The final
 score sums the standardised scores of the scorers named in `eval.scorer`.
 Localisation maps are sum_s w_s ||D_s[h, w]||^2 / mu(A0_s), so that each scale
 contributes on a comparable footing. All of this is `mscad_jax.scorer`'s one scoring
 function, fitted here and saved to WORKDIR/scorer for `mscad_jax.export`. The
-PatchCore-style patch_knn score (eval.patch_knn) is measured beside it, not part of it.
+patch_knn score (eval.patch_knn: SPADE's or PatchCore's) is measured beside it, not part
+of it, with the pixel AUROC of its own maps.
 """
 
 from __future__ import annotations

@@ -13,9 +13,8 @@ artifact, so the three cannot disagree.
 Outputs, per image: 'score' (the sum of the chosen scorers, each standardised on normal
 data), 'score/<scorer>' for every scorer the model has, the raw per-scale scores
 '<prefix>/<scale>' (a: detector distance, a0: training-free energy, knn: k-NN cosine
-distance, patch_memory: worst patch's distance to the memory, local: the segmentation head's
-largest logit) and 'map' [H, W] (see
-fusion.localisation_maps).
+distance, patch_memory: worst patch's distance to the memory, local: the segmentation
+head's largest logit) and 'map' [H, W] (see fusion.localisation_maps).
 """
 
 from __future__ import annotations

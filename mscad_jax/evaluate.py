@@ -59,8 +59,7 @@ def add_patch_knn_scores(train: dict[str, np.ndarray], test: dict[str, np.ndarra
     `neighbours=0`: PatchCore's bank, a random draw of `bank_size` patches from any
     position of half of the training images; the other half is held out. `neighbours=K`:
     SPADE's, the patches within `radius` positions of the same place in the K nearest
-    normal training images (cosine on the deepest scale's flattened map, which is the
-    last of `names`); held out is a seeded subset of up to `MAX_HELD_OUT` training
+    normal training images (cosine on the deepest scale's flattened map); held out is a seeded subset of up to `MAX_HELD_OUT` training
     images, each searched with itself left out.
     """
     rng = np.random.default_rng([seed, 9])
@@ -70,8 +69,10 @@ def add_patch_knn_scores(train: dict[str, np.ndarray], test: dict[str, np.ndarra
                                      f"that; there are {count}")
     if neighbours:
         held_rows = np.sort(rng.choice(count, min(count, MAX_HELD_OUT), replace=False))
-        deepest = train[f"patches/{names[-1]}"]
-        test_neighbours = knn.nearest_rows(deepest, test[f"patches/{names[-1]}"], neighbours)[1]
+        # model.scales is a set of stages in any order: the deepest is the largest number.
+        deepest_name = max(names, key=lambda n: int(n.removeprefix("scale")))
+        deepest = train[f"patches/{deepest_name}"]
+        test_neighbours = knn.nearest_rows(deepest, test[f"patches/{deepest_name}"], neighbours)[1]
         # One neighbour more than asked, then each held-out row's own index dropped: it
         # is in the bank, and an image must not be compared with itself.
         found = knn.nearest_rows(deepest, deepest[held_rows], neighbours + 1)[1]

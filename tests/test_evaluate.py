@@ -144,7 +144,12 @@ def test_spade_patch_knn_compares_each_place_with_the_nearest_images_never_with_
     originals = {k: v.copy() for k, v in train.items()}
     test = {k: v[[0, 3]].copy() for k, v in train.items()}  # test images equal to training images 0 and 3
     test["patches/scale2"][1, 0, 1] += 5.0  # ... the second with one position changed at scale 2
+    reordered = [{k: v.copy() for k, v in d.items()} for d in (train, test)]
     held_out = evaluate.add_patch_knn_scores(train, test, ["scale2", "scale3"], bank_size=1, seed=0, neighbours=1)
+    # The neighbours come from the deepest scale whatever the order of model.scales.
+    swapped = evaluate.add_patch_knn_scores(*reordered, ["scale3", "scale2"], bank_size=1, seed=0, neighbours=1)
+    for n in ("scale2", "scale3"):
+        np.testing.assert_array_equal(swapped[f"patch_knn/{n}"], held_out[f"patch_knn/{n}"])
     unit = lambda a: a / np.linalg.norm(a, axis=-1, keepdims=True)  # noqa: E731
     deepest = unit(originals["patches/scale3"].reshape(6, -1))
     similarity = deepest @ deepest.T

@@ -29,6 +29,7 @@ PROTOCOLS = ("one_class", "unbalanced", "ood")
 ANOMALY_TYPES = ("object", "style", "local")
 MODES = ("train", "evaluate")
 KNN_POOLINGS = ("mean", "flatten")
+PATCH_KNN_DISTANCES = ("ridge", "nearest")
 
 
 class ConfigError(ValueError):
@@ -132,6 +133,11 @@ def base_config() -> ml_collections.ConfigDict:
     # Images whose objects are not aligned (textures) may want the bank (0).
     c.eval.patch_knn_neighbours = 20  # patch_knn: K = SPADE's K; 0 = a bank of patches from any position (PatchCore).
     c.eval.patch_knn_radius = 0  # With neighbours: positions of slack along each axis, at each scale's resolution.
+    # With neighbours, how a position is measured against those same places: ridge = the
+    # norm of what a ridge reconstruction out of them leaves, nearest = SPADE's cosine
+    # distance to the closest one. The bank (neighbours 0) is always nearest.
+    c.eval.patch_knn_distance = "ridge"
+    c.eval.patch_knn_ridge_penalty = 1.0  # patch_knn_distance=ridge: the ridge penalty (features are not normalised).
     c.eval.linear_eval = False  # Linear probe on frozen pooled features of the full dataset.
     c.eval.linear_eval_max_examples = 20000  # Cap on linear-probe training images.
     c.eval.plots = True  # ROC, histograms, top anomalies with heatmaps.
@@ -460,6 +466,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     for field in ("patch_knn_neighbours", "patch_knn_radius"):
         if not isinstance(config.eval[field], int) or config.eval[field] < 0:
             _fail(f"eval.{field}", config.eval[field], "must be an integer >= 0")
+    if config.eval.patch_knn_distance not in PATCH_KNN_DISTANCES:
+        _fail("eval.patch_knn_distance", config.eval.patch_knn_distance, f"allowed: {', '.join(PATCH_KNN_DISTANCES)}")
+    if config.eval.patch_knn_distance == "ridge" and config.eval.patch_knn_neighbours == 0:
+        _fail("eval.patch_knn_distance", config.eval.patch_knn_distance, "ridge reconstructs from the same place in "
+              "the nearest images; with eval.patch_knn_neighbours=0 (a bank of patches from anywhere) use 'nearest'")
+    if not config.eval.patch_knn_ridge_penalty > 0:
+        _fail("eval.patch_knn_ridge_penalty", config.eval.patch_knn_ridge_penalty, "must be > 0")
     if num_devices is not None:
         for field in ("stage1.batch_size", "stage2.batch_size", "eval.batch_size"):
             section, name = field.split(".")

@@ -18,6 +18,7 @@ of it, with the pixel AUROC of its own maps.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Callable
 
@@ -51,16 +52,20 @@ def score_images(score_fn: Callable, args: tuple, images: np.ndarray, batch_size
 
 
 def add_patch_knn_scores(train: dict[str, np.ndarray], test: dict[str, np.ndarray], names: list[str],
-                         bank_size: int, seed: int, neighbours: int = 0, radius: int = 0) -> dict[str, np.ndarray]:
+                         bank_size: int, seed: int, neighbours: int = 0, radius: int = 0, distance: str = "nearest",
+                         penalty: float = 1.0) -> dict[str, np.ndarray]:
     """Adds 'patch_knn/<scale>', the largest over positions of 'patch_map/<scale>' [M, H_s, W_s]:
-    each position's cosine distance to the normal training patches. Returns the same image
+    how far each position is from the normal training patches. Returns the same image
     scores for held-out normal training images (their statistics).
 
     `neighbours=0`: PatchCore's bank, a random draw of `bank_size` patches from any
-    position of half of the training images; the other half is held out. `neighbours=K`:
-    SPADE's, the patches within `radius` positions of the same place in the K nearest
-    normal training images (cosine on the deepest scale's flattened map); held out is a seeded subset of up to `MAX_HELD_OUT` training
-    images, each searched with itself left out.
+    position of half of the training images, cosine distance to the nearest; the other
+    half is held out. `neighbours=K`: the patches within `radius` positions of the same
+    place in the K nearest normal training images (cosine on the deepest scale's flattened
+    map), measured by `distance`: 'nearest', SPADE's cosine distance to the closest, or
+    'ridge', the residual of a ridge reconstruction out of them (`penalty`;
+    knn.aligned_ridge_residual). Held out is a seeded subset of up to `MAX_HELD_OUT`
+    training images, each searched with itself left out.
     """
     rng = np.random.default_rng([seed, 9])
     count = len(train[f"patches/{names[0]}"])
@@ -86,8 +91,8 @@ def add_patch_knn_scores(train: dict[str, np.ndarray], test: dict[str, np.ndarra
         patches = train.pop(f"patches/{n}")
         queries = test.pop(f"patches/{n}")
         if neighbours:
-            test_map = knn.aligned_patch_distance(patches, queries, test_neighbours, radius)
-            held_map = knn.aligned_patch_distance(patches, patches[held_rows], held_neighbours, radius)
+            measure = functools.partial(_aligned_map, distance, patches, radius=radius, penalty=penalty)
+            test_map, held_map = measure(queries, test_neighbours), measure(patches[held_rows], held_neighbours)
         else:
             channels = patches.shape[-1]
             bank = patches[bank_rows].reshape(-1, channels)
@@ -98,6 +103,14 @@ def add_patch_knn_scores(train: dict[str, np.ndarray], test: dict[str, np.ndarra
         test[f"patch_knn/{n}"] = test_map.reshape(len(test_map), -1).max(axis=1)
         held_out[f"patch_knn/{n}"] = held_map.reshape(len(held_map), -1).max(axis=1)
     return held_out
+
+
+def _aligned_map(distance: str, bank_maps: np.ndarray, query_maps: np.ndarray, neighbours: np.ndarray, radius: int,
+                 penalty: float) -> np.ndarray:
+    """The patch map of `eval.patch_knn_distance` against the same place in each query's neighbours."""
+    if distance == "nearest":
+        return knn.aligned_patch_distance(bank_maps, query_maps, neighbours, radius)
+    return knn.aligned_ridge_residual(bank_maps, query_maps, neighbours, penalty, radius)
 
 
 def patch_localisation_maps(test: dict[str, np.ndarray], held_out_stats: dict[str, tuple[float, float]],
@@ -141,7 +154,8 @@ def evaluate(config: ml_collections.ConfigDict, data: protocols.ProtocolData, ra
     stats = {k: tuple(map(float, v)) for k, v in state["stats"].items()}
     if config.eval.patch_knn:
         held_out = add_patch_knn_scores(train, test, names, config.eval.patch_bank_size, config.seed,
-                                        config.eval.patch_knn_neighbours, config.eval.patch_knn_radius)
+                                        config.eval.patch_knn_neighbours, config.eval.patch_knn_radius,
+                                        config.eval.patch_knn_distance, config.eval.patch_knn_ridge_penalty)
         held_out_stats = fusion.normal_statistics(held_out)
         stats |= held_out_stats
         test["score/patch_knn"] = np.asarray(fusion.combine(test, held_out_stats, "patch_knn", names, weights))

@@ -5,7 +5,10 @@ features, as the strongest from-scratch detectors score) and the raw-pixel floor
 every result is published beside (Euclidean distance on pixels). scikit-learn's exact
 brute-force search does the work. `aligned_patch_distance` is the per-position distance
 of SPADE (Cohen & Hoshen, 2020): each position of a feature map against the same
-positions of its image's nearest normal training images, for local anomalies.
+positions of its image's nearest normal training images, for local anomalies;
+`aligned_ridge_residual` asks instead how far each position is from the best ridge
+reconstruction out of those same positions (a position may be normal as a blend of its
+neighbours without being close to any one of them).
 """
 
 from __future__ import annotations
@@ -76,6 +79,42 @@ def aligned_patch_distance(bank_maps: np.ndarray, query_maps: np.ndarray, neighb
                         else np.sum((q - other) ** 2, axis=-1)
                     best = np.minimum(best, distance)
         out[start:start + chunk] = best if cosine else np.sqrt(best)
+    return out
+
+
+def aligned_ridge_residual(bank_maps: np.ndarray, query_maps: np.ndarray, neighbours: np.ndarray,
+                           penalty: float, radius: int = 0, chunk: int = 32) -> np.ndarray:
+    """[Q, H, W] Euclidean norm of what is left of each query position after its ridge
+    reconstruction from the positions, at most `radius` away along each axis, of the same
+    place in its K neighbour images.
+
+    With those R = K (2 radius + 1)^2 vectors as the rows of B [R, C] and the query vector
+    q [C], the coefficients are argmin_a ||q - B^T a||^2 + penalty ||a||^2, that is
+    (B B^T + penalty I)^-1 B q. bank_maps [N, H, W, C], query_maps [Q, H, W, C]; neighbours
+    [Q, K] indexes bank_maps. On Fashion-MNIST local anomalies it separates better than
+    the distance to the nearest such position (`aligned_patch_distance`): a normal place
+    is largely a blend of the same place in similar images, a pasted patch is not.
+    """
+    if not penalty > 0:
+        raise ValueError(f"penalty={penalty} must be > 0")
+    bank = np.asarray(bank_maps, np.float32)
+    queries = np.asarray(query_maps, np.float32)
+    if neighbours.shape[0] != len(queries) or bank.shape[1:] != queries.shape[1:]:
+        raise ValueError(f"maps {bank.shape} and {queries.shape} with neighbours {neighbours.shape} do not match")
+    h, w = queries.shape[1:3]
+    side = 2 * radius + 1
+    identity = penalty * np.eye(neighbours.shape[1] * side * side, dtype=np.float32)
+    out = np.empty(queries.shape[:3], np.float32)
+    for start in range(0, len(queries), chunk):
+        q = queries[start:start + chunk, :, :, :, None]  # [B, H, W, C, 1]
+        # Edge padding repeats border positions, as in aligned_patch_distance.
+        padded = np.pad(bank[neighbours[start:start + chunk]], ((0, 0), (0, 0), (radius, radius), (radius, radius), (0, 0)),
+                        mode="edge")
+        shifted = [padded[:, :, dy:dy + h, dx:dx + w] for dy in range(side) for dx in range(side)]
+        basis = np.moveaxis(np.concatenate(shifted, axis=1), 1, 3)  # [B, H, W, R, C]
+        coefficients = np.linalg.solve(basis @ np.swapaxes(basis, -1, -2) + identity, basis @ q)
+        residual = q - np.swapaxes(basis, -1, -2) @ coefficients
+        out[start:start + chunk] = np.linalg.norm(residual[..., 0], axis=-1)
     return out
 
 

@@ -138,6 +138,8 @@ INVALID = [
     ("default", "eval.patch_bank_size", 0),
     ("default", "eval.patch_knn_neighbours", -1),
     ("default", "eval.patch_knn_radius", -2),
+    ("default", "eval.patch_knn_distance", "farthest"),
+    ("default", "eval.patch_knn_ridge_penalty", 0.0),
     ("default", "stage1.local_anomalies", ("scar",)),  # without model.local_head
     ("default", "stage1.local_anomalies", ("rotation",)),
     ("default", "model.local_head", True),  # without stage1.local_anomalies
@@ -160,6 +162,15 @@ def test_validation_error_names_field_and_value(name, field, bad):
     message = str(e.value)
     assert f"config.{field}=" in message
     assert repr(bad) in message
+
+
+def test_ridge_patch_knn_needs_neighbours_and_says_what_the_bank_takes():
+    config = get_config("default")
+    config.eval.patch_knn_neighbours = 0
+    with pytest.raises(ConfigError, match="config.eval.patch_knn_distance='ridge'.*'nearest'"):
+        config_lib.validate(config)
+    config.eval.patch_knn_distance = "nearest"
+    config_lib.validate(config)
 
 
 @pytest.mark.parametrize("bad", [0.0, 1.5, -0.1])

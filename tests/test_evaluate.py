@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from mscad_jax import evaluate, parallel, stage1, stage2
+from mscad_jax import evaluate, knn, parallel, stage1, stage2
 from mscad_jax.data import input_pipeline, protocols
 from mscad_jax.models import anomem
 
@@ -172,3 +172,28 @@ def test_spade_patch_knn_compares_each_place_with_the_nearest_images_never_with_
     with pytest.raises(ValueError, match="eval.patch_knn_neighbours=6"):
         evaluate.add_patch_knn_scores({"patches/scale2": np.ones((6, 2, 2, 3))}, {"patches/scale2": np.ones((1, 2, 2, 3))},
                                       ["scale2"], bank_size=1, seed=0, neighbours=6)
+
+
+def test_ridge_patch_knn_reconstructs_each_place_from_the_nearest_other_images():
+    rng = np.random.default_rng(2)
+    train = {"patches/scale2": rng.normal(size=(7, 2, 2, 3)), "patches/scale3": rng.normal(size=(7, 1, 1, 4))}
+    originals = {k: v.copy() for k, v in train.items()}
+    test = {k: rng.normal(size=(2, *v.shape[1:])) for k, v in train.items()}
+    queries = {k: v.copy() for k, v in test.items()}
+    held_out = evaluate.add_patch_knn_scores(train, test, ["scale2", "scale3"], bank_size=1, seed=0, neighbours=2,
+                                             distance="ridge", penalty=0.5)
+    unit = lambda a: a / np.linalg.norm(a, axis=-1, keepdims=True)  # noqa: E731
+    deepest, deepest_queries = (unit(x["patches/scale3"].reshape(len(x["patches/scale3"]), -1))
+                                for x in (originals, queries))
+    similarity = deepest @ deepest.T
+    np.fill_diagonal(similarity, -np.inf)  # held-out images are searched with themselves left out
+    held_neighbours = np.argsort(-similarity, axis=1)[:, :2]
+    test_neighbours = np.argsort(-(deepest_queries @ deepest.T), axis=1)[:, :2]
+    for n in ("scale2", "scale3"):
+        maps = originals[f"patches/{n}"]
+        # aligned_ridge_residual itself is checked against a float64 least squares in test_knn.
+        want_held = knn.aligned_ridge_residual(maps, maps, held_neighbours, 0.5)
+        want_test = knn.aligned_ridge_residual(maps, queries[f"patches/{n}"], test_neighbours, 0.5)
+        np.testing.assert_allclose(held_out[f"patch_knn/{n}"], want_held.reshape(7, -1).max(axis=1), rtol=1e-4)
+        np.testing.assert_allclose(test[f"patch_map/{n}"], want_test, rtol=1e-4)
+        np.testing.assert_allclose(test[f"patch_knn/{n}"], want_test.reshape(2, -1).max(axis=1), rtol=1e-4)

@@ -112,6 +112,46 @@ def test_aligned_patch_distance_is_zero_where_a_neighbour_matches_and_local_else
         knn.aligned_patch_distance(bank, query[:, :4], np.array([[2]]))
 
 
+@pytest.mark.parametrize("radius", [0, 1])
+def test_aligned_ridge_residual_matches_a_float64_least_squares_per_position(radius):
+    rng = np.random.default_rng(6)
+    bank, queries = rng.normal(size=(5, 3, 4, 6)), rng.normal(size=(3, 3, 4, 6))
+    neighbours = np.array([[0, 2], [4, 1], [3, 3]])
+    penalty = 0.5
+    got = knn.aligned_ridge_residual(bank, queries, neighbours, penalty, radius, chunk=2)
+    want = np.zeros((3, 3, 4))
+    for q in range(3):
+        for y in range(3):
+            for x in range(4):
+                # rows: the neighbours' vectors within `radius` (edge-padded), as a ridge
+                # regression solved on the augmented system [B^T; sqrt(penalty) I] a = [q; 0].
+                rows = [bank[b, min(max(yy, 0), 2), min(max(xx, 0), 3)] for b in neighbours[q]
+                        for yy in range(y - radius, y + radius + 1) for xx in range(x - radius, x + radius + 1)]
+                basis = np.array(rows, np.float64).T
+                design = np.vstack([basis, np.sqrt(penalty) * np.eye(basis.shape[1])])
+                target = np.concatenate([queries[q, y, x], np.zeros(basis.shape[1])])
+                coefficients = np.linalg.lstsq(design, target, rcond=None)[0]
+                want[q, y, x] = np.linalg.norm(queries[q, y, x] - basis @ coefficients)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_aligned_ridge_residual_is_small_for_a_blend_of_the_neighbours_and_local_elsewhere():
+    rng = np.random.default_rng(7)
+    bank = rng.normal(size=(4, 5, 5, 8))
+    query = 0.3 * bank[1:2] + 0.7 * bank[3:4]  # normal: a blend of two neighbours everywhere...
+    query[0, 2, 1] += 4.0  # ... but one position
+    got = knn.aligned_ridge_residual(bank, query, np.array([[1, 3]]), penalty=1e-4)
+    assert got[0, 2, 1] > 1.0
+    got[0, 2, 1] = 0.0
+    np.testing.assert_allclose(got, 0.0, atol=1e-3)
+    # the nearest single neighbour explains neither blend: SPADE's distance stays large
+    assert knn.aligned_patch_distance(bank, query, np.array([[1, 3]]), metric="euclidean").min() > 0.5
+    with pytest.raises(ValueError, match="penalty=0"):
+        knn.aligned_ridge_residual(bank, query, np.array([[1, 3]]), penalty=0)
+    with pytest.raises(ValueError, match="do not match"):
+        knn.aligned_ridge_residual(bank, query[:, :4], np.array([[1, 3]]), penalty=1.0)
+
+
 def test_nearest_rows_orders_the_neighbours_and_leaves_each_row_out():
     bank = np.array([[0.0], [1.0], [3.0], [7.0]])
     distances, indices = knn.nearest_rows(bank, None, 2, "euclidean")

@@ -129,9 +129,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.patch_knn = False  # Also measure auroc_patch_knn and its pixel AUROC (per position; costs memory).
     c.eval.patch_bank_size = 20000  # Normal training patches per scale in the patch_knn bank (seeded draw).
     # K > 0 compares each position with the same place in the K nearest normal training
-    # images (SPADE): on Fashion-MNIST local anomalies 81.2 vs 69.7 for the bank (cutpaste).
+    # images (SPADE): on Fashion-MNIST local anomalies (cutpaste) 81.2 vs 69.7 for the bank,
+    # and 85.1 with the ridge distance below (K = 20 / 50 / 100: 84.5 / 85.1 / 85.2).
     # Images whose objects are not aligned (textures) may want the bank (0).
-    c.eval.patch_knn_neighbours = 20  # patch_knn: K = SPADE's K; 0 = a bank of patches from any position (PatchCore).
+    c.eval.patch_knn_neighbours = 50  # patch_knn: K nearest normal images; 0 = a bank of patches from anywhere (PatchCore).
     c.eval.patch_knn_radius = 0  # With neighbours: positions of slack along each axis, at each scale's resolution.
     # With neighbours, how a position is measured against those same places: ridge = the
     # norm of what a ridge reconstruction out of them leaves, nearest = SPADE's cosine

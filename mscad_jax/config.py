@@ -134,10 +134,8 @@ def base_config() -> ml_collections.ConfigDict:
     # Images whose objects are not aligned (textures) may want the bank (0).
     c.eval.patch_knn_neighbours = 50  # patch_knn: K nearest normal images; 0 = a bank of patches from anywhere (PatchCore).
     c.eval.patch_knn_radius = 0  # With neighbours: positions of slack along each axis, at each scale's resolution.
-    # With neighbours, how a position is measured against those same places: ridge = the
-    # norm of what a ridge reconstruction out of them leaves, nearest = SPADE's cosine
-    # distance to the closest one. The bank (neighbours 0) is always nearest.
-    c.eval.patch_knn_distance = "ridge"
+    # Cutpaste / scar on Fashion-MNIST class 0, K=50: ridge 85.1 / 74.0, nearest 81.2 / 69.5.
+    c.eval.patch_knn_distance = "ridge"  # With neighbours: ridge (residual of a ridge fit out of those places) | nearest (SPADE).
     c.eval.patch_knn_ridge_penalty = 1.0  # patch_knn_distance=ridge: the ridge penalty (features are not normalised).
     c.eval.linear_eval = False  # Linear probe on frozen pooled features of the full dataset.
     c.eval.linear_eval_max_examples = 20000  # Cap on linear-probe training images.

@@ -12,7 +12,7 @@ score sums the standardised scores of the scorers named in `eval.scorer`.
 Localisation maps are sum_s w_s ||D_s[h, w]||^2 / mu(A0_s), so that each scale
 contributes on a comparable footing. All of this is `mscad_jax.scorer`'s one scoring
 function, fitted here and saved to WORKDIR/scorer for `mscad_jax.export`. The
-patch_knn score (eval.patch_knn: SPADE's or PatchCore's) is measured beside it, not part
+patch_knn score (eval.patch_knn: ridge residual, SPADE's or PatchCore's) is measured beside it, not part
 of it, with the pixel AUROC of its own maps.
 """
 

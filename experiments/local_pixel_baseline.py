@@ -20,6 +20,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from mscad_jax import config as config_lib
 from mscad_jax import knn, metrics
 from mscad_jax.data import protocols
 
@@ -28,7 +29,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "A local-anomaly confi
 _NEIGHBOURS = flags.DEFINE_integer("neighbours", 50, "Nearest normal training images each test image is compared with.")
 _RADIUS = flags.DEFINE_integer("radius", 1, "Pixels of slack along each axis.")
 _PATCH = flags.DEFINE_integer("patch", 3, "Side of the pixel patch each position is compared as (odd).")
-_DISTANCE = flags.DEFINE_enum("distance", "nearest", ["nearest", "ridge"], "As eval.patch_knn_distance.")
+_DISTANCE = flags.DEFINE_enum("distance", "nearest", config_lib.PATCH_KNN_DISTANCES, "As eval.patch_knn_distance.")
 _PENALTY = flags.DEFINE_float("penalty", 0.1, "--distance=ridge: the ridge penalty.")
 flags.mark_flags_as_required(["config"])
 

@@ -45,6 +45,17 @@ def nearest_rows(bank: np.ndarray, queries: np.ndarray | None, k: int,
     return search.kneighbors(np.asarray(queries, np.float32).reshape(len(queries), -1))
 
 
+def _shifted_maps(maps: np.ndarray, radius: int) -> list[np.ndarray]:
+    """maps [..., H, W, C] moved by every offset of at most `radius` along each axis: a list
+    of (2 radius + 1)^2 arrays of the same shape. Edge padding repeats border positions, so
+    a shift never brings in zeros."""
+    h, w = maps.shape[-3:-1]
+    pad = [(0, 0)] * (maps.ndim - 3) + [(radius, radius), (radius, radius), (0, 0)]
+    padded = np.pad(maps, pad, mode="edge")
+    side = 2 * radius + 1
+    return [padded[..., dy:dy + h, dx:dx + w, :] for dy in range(side) for dx in range(side)]
+
+
 def aligned_patch_distance(bank_maps: np.ndarray, query_maps: np.ndarray, neighbours: np.ndarray,
                            radius: int = 0, metric: str = "cosine", chunk: int = 128) -> np.ndarray:
     """[Q, H, W] distance (`metric`) of each query position to the closest position, at
@@ -63,21 +74,15 @@ def aligned_patch_distance(bank_maps: np.ndarray, query_maps: np.ndarray, neighb
                                                                        np.asarray(query_maps, np.float32))
     if neighbours.shape[0] != len(queries) or bank.shape[1:] != queries.shape[1:]:
         raise ValueError(f"maps {bank.shape} and {queries.shape} with neighbours {neighbours.shape} do not match")
-    h, w = queries.shape[1:3]
     out = np.empty(queries.shape[:3], np.float32)
     for start in range(0, len(queries), chunk):
         q = queries[start:start + chunk]
         best = np.full(q.shape[:3], np.inf, np.float32)
         for k in range(neighbours.shape[1]):
-            # Edge padding repeats border positions, so a shift never compares with zeros.
-            padded = np.pad(bank[neighbours[start:start + chunk, k]], ((0, 0), (radius, radius), (radius, radius), (0, 0)),
-                            mode="edge")
-            for dy in range(2 * radius + 1):
-                for dx in range(2 * radius + 1):
-                    other = padded[:, dy:dy + h, dx:dx + w]
-                    distance = 1.0 - np.einsum("qhwc,qhwc->qhw", q, other) if cosine \
-                        else np.sum((q - other) ** 2, axis=-1)
-                    best = np.minimum(best, distance)
+            for other in _shifted_maps(bank[neighbours[start:start + chunk, k]], radius):
+                distance = 1.0 - np.einsum("qhwc,qhwc->qhw", q, other) if cosine \
+                    else np.sum((q - other) ** 2, axis=-1)
+                best = np.minimum(best, distance)
         out[start:start + chunk] = best if cosine else np.sqrt(best)
     return out
 
@@ -101,16 +106,11 @@ def aligned_ridge_residual(bank_maps: np.ndarray, query_maps: np.ndarray, neighb
     queries = np.asarray(query_maps, np.float32)
     if neighbours.shape[0] != len(queries) or bank.shape[1:] != queries.shape[1:]:
         raise ValueError(f"maps {bank.shape} and {queries.shape} with neighbours {neighbours.shape} do not match")
-    h, w = queries.shape[1:3]
-    side = 2 * radius + 1
-    identity = penalty * np.eye(neighbours.shape[1] * side * side, dtype=np.float32)
+    identity = penalty * np.eye(neighbours.shape[1] * (2 * radius + 1) ** 2, dtype=np.float32)
     out = np.empty(queries.shape[:3], np.float32)
     for start in range(0, len(queries), chunk):
         q = queries[start:start + chunk, :, :, :, None]  # [B, H, W, C, 1]
-        # Edge padding repeats border positions, as in aligned_patch_distance.
-        padded = np.pad(bank[neighbours[start:start + chunk]], ((0, 0), (0, 0), (radius, radius), (radius, radius), (0, 0)),
-                        mode="edge")
-        shifted = [padded[:, :, dy:dy + h, dx:dx + w] for dy in range(side) for dx in range(side)]
+        shifted = _shifted_maps(bank[neighbours[start:start + chunk]], radius)  # each [B, K, H, W, C]
         basis = np.moveaxis(np.concatenate(shifted, axis=1), 1, 3)  # [B, H, W, R, C]
         coefficients = np.linalg.solve(basis @ np.swapaxes(basis, -1, -2) + identity, basis @ q)
         residual = q - np.swapaxes(basis, -1, -2) @ coefficients

@@ -5,9 +5,12 @@ scar changes a few pixels out of 784. This baseline keeps where each pixel is: e
 `--patch` x `--patch` pixel patch of a test image against the patches within `--radius`
 of the same place in its `--neighbours` nearest normal training images (whole-image
 pixels pick the neighbours), measured as `eval.patch_knn_distance` measures learned
-features: `--distance=nearest`, the Euclidean distance to the closest (SPADE), or
-`--distance=ridge`, what a ridge reconstruction out of them leaves (`--penalty`). The
-image score is the worst patch, the map is the pixel AUROC's. It is what `eval.patch_knn`
+features: `--distance=nearest`, the Euclidean distance to the closest (SPADE),
+`--distance=ridge`, what a ridge reconstruction out of them leaves (`--penalty`), or
+`--distance=image_ridge`, what one ridge reconstruction of the whole image out of its
+neighbours leaves (`--patch=1`, `--radius=0`), each signed residual averaged over
+`--window` x `--window` pixels before its norm. The image score is the worst position,
+the map is the pixel AUROC's. It is what `eval.patch_knn`
 does with learned features, on pixels; a learned local scorer has to beat it.
 
   TFDS_DATA_DIR=../shared/tensorflow_datasets python experiments/local_pixel_baseline.py \
@@ -30,7 +33,8 @@ _NEIGHBOURS = flags.DEFINE_integer("neighbours", 50, "Nearest normal training im
 _RADIUS = flags.DEFINE_integer("radius", 1, "Pixels of slack along each axis.")
 _PATCH = flags.DEFINE_integer("patch", 3, "Side of the pixel patch each position is compared as (odd).")
 _DISTANCE = flags.DEFINE_enum("distance", "nearest", config_lib.PATCH_KNN_DISTANCES, "As eval.patch_knn_distance.")
-_PENALTY = flags.DEFINE_float("penalty", 0.1, "--distance=ridge: the ridge penalty.")
+_PENALTY = flags.DEFINE_float("penalty", 0.1, "--distance=ridge or image_ridge: the ridge penalty.")
+_WINDOW = flags.DEFINE_integer("window", 1, "--distance=ridge or image_ridge: as eval.patch_knn_window, in pixels.")
 flags.mark_flags_as_required(["config"])
 
 
@@ -53,14 +57,13 @@ def main(argv: list[str]) -> None:
     normal = data.train_images[~data.train_labelled_anomaly]
     neighbours = knn.nearest_rows(normal / 255.0, data.test_images / 255.0, _NEIGHBOURS.value, "euclidean")[1]
     bank, queries = pixel_patches(normal, _PATCH.value), pixel_patches(data.test_images, _PATCH.value)
-    if _DISTANCE.value == "ridge":
-        maps = knn.aligned_ridge_residual(bank, queries, neighbours, _PENALTY.value, _RADIUS.value)
-    else:
-        maps = knn.aligned_patch_distance(bank, queries, neighbours, _RADIUS.value, "euclidean")
+    maps = knn.aligned_map(_DISTANCE.value, bank, queries, neighbours, _RADIUS.value, _PENALTY.value, _WINDOW.value,
+                           "euclidean")
     image = metrics.image_metrics(maps.reshape(len(maps), -1).max(axis=1), data.test_labels)["auroc"]
     print(f"| {config.dataset} class {config.normal_class} {config.anomaly_type}/{config.local_kind} "
           f"| {_DISTANCE.value} K={_NEIGHBOURS.value} radius={_RADIUS.value} patch={_PATCH.value} "
-          f"{f'penalty={_PENALTY.value} ' if _DISTANCE.value == 'ridge' else ''}| image AUROC {100 * image:.2f} "
+          f"{f'penalty={_PENALTY.value} window={_WINDOW.value} ' if _DISTANCE.value in config_lib.RIDGE_DISTANCES else ''}"
+          f"| image AUROC {100 * image:.2f} "
           f"| pixel AUROC {100 * metrics.pixel_auroc(maps, data.test_masks):.2f} "
           f"| raw-pixel 5-NN floor {100 * knn.pixel_floor_auroc(normal, data.test_images, data.test_labels):.2f} |")
 

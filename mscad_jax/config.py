@@ -29,7 +29,9 @@ PROTOCOLS = ("one_class", "unbalanced", "ood")
 ANOMALY_TYPES = ("object", "style", "local")
 MODES = ("train", "evaluate")
 KNN_POOLINGS = ("mean", "flatten")
-PATCH_KNN_DISTANCES = ("ridge", "nearest")
+PATCH_KNN_DISTANCES = ("ridge", "image_ridge", "nearest")
+# The distances that reconstruct from the neighbours (and so take a penalty and a window).
+RIDGE_DISTANCES = ("ridge", "image_ridge")
 
 
 class ConfigError(ValueError):
@@ -135,8 +137,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.patch_knn_neighbours = 50  # patch_knn: K nearest normal images; 0 = a bank of patches from anywhere (PatchCore).
     c.eval.patch_knn_radius = 0  # With neighbours: positions of slack along each axis, at each scale's resolution.
     # Cutpaste / scar on Fashion-MNIST class 0, K=50: ridge 85.1 / 74.0, nearest 81.2 / 69.5.
-    c.eval.patch_knn_distance = "ridge"  # With neighbours: ridge (residual of a ridge fit out of those places) | nearest (SPADE).
-    c.eval.patch_knn_ridge_penalty = 1.0  # patch_knn_distance=ridge: the ridge penalty (features are not normalised).
+    c.eval.patch_knn_distance = "ridge"  # With neighbours: ridge (each place a ridge fit out of those places) | image_ridge (one fit for the whole map) | nearest (SPADE).
+    c.eval.patch_knn_ridge_penalty = 1.0  # ridge, image_ridge: the ridge penalty (features are not normalised).
+    c.eval.patch_knn_window = 1  # ridge, image_ridge: signed residual averaged over window x window positions before its norm.
     c.eval.linear_eval = False  # Linear probe on frozen pooled features of the full dataset.
     c.eval.linear_eval_max_examples = 20000  # Cap on linear-probe training images.
     c.eval.plots = True  # ROC, histograms, top anomalies with heatmaps.
@@ -467,11 +470,20 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
             _fail(f"eval.{field}", config.eval[field], "must be an integer >= 0")
     if config.eval.patch_knn_distance not in PATCH_KNN_DISTANCES:
         _fail("eval.patch_knn_distance", config.eval.patch_knn_distance, f"allowed: {', '.join(PATCH_KNN_DISTANCES)}")
-    if config.eval.patch_knn_distance == "ridge" and config.eval.patch_knn_neighbours == 0:
-        _fail("eval.patch_knn_distance", config.eval.patch_knn_distance, "ridge reconstructs from the same place in "
-              "the nearest images; with eval.patch_knn_neighbours=0 (a bank of patches from anywhere) use 'nearest'")
+    ridge = config.eval.patch_knn_distance in RIDGE_DISTANCES
+    if ridge and config.eval.patch_knn_neighbours == 0:
+        _fail("eval.patch_knn_distance", config.eval.patch_knn_distance, "a ridge distance reconstructs from the nearest "
+              "images; with eval.patch_knn_neighbours=0 (a bank of patches from anywhere) use 'nearest'")
     if not config.eval.patch_knn_ridge_penalty > 0:
         _fail("eval.patch_knn_ridge_penalty", config.eval.patch_knn_ridge_penalty, "must be > 0")
+    if not isinstance(config.eval.patch_knn_window, int) or config.eval.patch_knn_window < 1:
+        _fail("eval.patch_knn_window", config.eval.patch_knn_window, "must be an integer >= 1")
+    if config.eval.patch_knn_distance == "image_ridge" and config.eval.patch_knn_radius:
+        _fail("eval.patch_knn_radius", config.eval.patch_knn_radius, "image_ridge fits whole maps, with no slack "
+              "per position: use 0")
+    if config.eval.patch_knn_window > 1 and not ridge:
+        _fail("eval.patch_knn_window", config.eval.patch_knn_window, "averages a signed residual: needs "
+              f"eval.patch_knn_distance in {', '.join(RIDGE_DISTANCES)}")
     if num_devices is not None:
         for field in ("stage1.batch_size", "stage2.batch_size", "eval.batch_size"):
             section, name = field.split(".")

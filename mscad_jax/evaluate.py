@@ -53,7 +53,7 @@ def score_images(score_fn: Callable, args: tuple, images: np.ndarray, batch_size
 
 def add_patch_knn_scores(train: dict[str, np.ndarray], test: dict[str, np.ndarray], names: list[str],
                          bank_size: int, seed: int, neighbours: int = 0, radius: int = 0, distance: str = "nearest",
-                         penalty: float = 1.0) -> dict[str, np.ndarray]:
+                         penalty: float = 1.0, window: int = 1) -> dict[str, np.ndarray]:
     """Adds 'patch_knn/<scale>', the largest over positions of 'patch_map/<scale>' [M, H_s, W_s]:
     how far each position is from the normal training patches. Returns the same image
     scores for held-out normal training images (their statistics).
@@ -63,8 +63,10 @@ def add_patch_knn_scores(train: dict[str, np.ndarray], test: dict[str, np.ndarra
     half is held out. `neighbours=K`: the patches within `radius` positions of the same
     place in the K nearest normal training images (cosine on the deepest scale's flattened
     map), measured by `distance`: 'nearest', SPADE's cosine distance to the closest, or
-    'ridge', the residual of a ridge reconstruction out of them (`penalty`;
-    knn.aligned_ridge_residual). Held out is a seeded subset of up to `MAX_HELD_OUT`
+    'ridge', the residual of a ridge reconstruction out of them (`penalty`, `window`;
+    knn.aligned_ridge_residual), or 'image_ridge', the residual of one ridge
+    reconstruction of the whole map out of those images' maps (knn.image_ridge_residual;
+    `radius` does not apply). Held out is a seeded subset of up to `MAX_HELD_OUT`
     training images, each searched with itself left out.
     """
     rng = np.random.default_rng([seed, 9])
@@ -91,7 +93,7 @@ def add_patch_knn_scores(train: dict[str, np.ndarray], test: dict[str, np.ndarra
         patches = train.pop(f"patches/{n}")
         queries = test.pop(f"patches/{n}")
         if neighbours:
-            measure = functools.partial(_aligned_map, distance, patches, radius=radius, penalty=penalty)
+            measure = functools.partial(knn.aligned_map, distance, patches, radius=radius, penalty=penalty, window=window)
             test_map, held_map = measure(queries, test_neighbours), measure(patches[held_rows], held_neighbours)
         else:
             channels = patches.shape[-1]
@@ -103,14 +105,6 @@ def add_patch_knn_scores(train: dict[str, np.ndarray], test: dict[str, np.ndarra
         test[f"patch_knn/{n}"] = test_map.reshape(len(test_map), -1).max(axis=1)
         held_out[f"patch_knn/{n}"] = held_map.reshape(len(held_map), -1).max(axis=1)
     return held_out
-
-
-def _aligned_map(distance: str, bank_maps: np.ndarray, query_maps: np.ndarray, neighbours: np.ndarray, radius: int,
-                 penalty: float) -> np.ndarray:
-    """The patch map of `eval.patch_knn_distance` against the same place in each query's neighbours."""
-    if distance == "nearest":
-        return knn.aligned_patch_distance(bank_maps, query_maps, neighbours, radius)
-    return knn.aligned_ridge_residual(bank_maps, query_maps, neighbours, penalty, radius)
 
 
 def patch_localisation_maps(test: dict[str, np.ndarray], held_out_stats: dict[str, tuple[float, float]],
@@ -155,7 +149,8 @@ def evaluate(config: ml_collections.ConfigDict, data: protocols.ProtocolData, ra
     if config.eval.patch_knn:
         held_out = add_patch_knn_scores(train, test, names, config.eval.patch_bank_size, config.seed,
                                         config.eval.patch_knn_neighbours, config.eval.patch_knn_radius,
-                                        config.eval.patch_knn_distance, config.eval.patch_knn_ridge_penalty)
+                                        config.eval.patch_knn_distance, config.eval.patch_knn_ridge_penalty,
+                                        config.eval.patch_knn_window)
         held_out_stats = fusion.normal_statistics(held_out)
         stats |= held_out_stats
         test["score/patch_knn"] = np.asarray(fusion.combine(test, held_out_stats, "patch_knn", names, weights))

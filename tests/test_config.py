@@ -140,6 +140,7 @@ INVALID = [
     ("default", "eval.patch_knn_radius", -2),
     ("default", "eval.patch_knn_distance", "farthest"),
     ("default", "eval.patch_knn_ridge_penalty", 0.0),
+    ("default", "eval.patch_knn_window", 0),
     ("default", "stage1.local_anomalies", ("scar",)),  # without model.local_head
     ("default", "stage1.local_anomalies", ("rotation",)),
     ("default", "model.local_head", True),  # without stage1.local_anomalies
@@ -169,8 +170,25 @@ def test_ridge_patch_knn_needs_neighbours_and_says_what_the_bank_takes():
     config.eval.patch_knn_neighbours = 0
     with pytest.raises(ConfigError, match="config.eval.patch_knn_distance='ridge'.*'nearest'"):
         config_lib.validate(config)
+    config.eval.patch_knn_distance = "image_ridge"
+    with pytest.raises(ConfigError, match="config.eval.patch_knn_distance='image_ridge'.*'nearest'"):
+        config_lib.validate(config)
     config.eval.patch_knn_distance = "nearest"
     config_lib.validate(config)
+
+
+def test_patch_knn_window_and_radius_only_where_they_apply():
+    config = get_config("default")
+    config.eval.patch_knn_window = 3
+    config_lib.validate(config)  # the ridge default averages the signed residual
+    config.eval.patch_knn_distance = "nearest"
+    with pytest.raises(ConfigError, match="config.eval.patch_knn_window=3.*ridge, image_ridge"):
+        config_lib.validate(config)
+    config.eval.patch_knn_distance = "image_ridge"
+    config_lib.validate(config)
+    config.eval.patch_knn_radius = 1
+    with pytest.raises(ConfigError, match="config.eval.patch_knn_radius=1.*image_ridge"):
+        config_lib.validate(config)
 
 
 @pytest.mark.parametrize("bad", [0.0, 1.5, -0.1])

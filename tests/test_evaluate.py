@@ -174,14 +174,15 @@ def test_spade_patch_knn_compares_each_place_with_the_nearest_images_never_with_
                                       ["scale2"], bank_size=1, seed=0, neighbours=6)
 
 
-def test_ridge_patch_knn_reconstructs_each_place_from_the_nearest_other_images():
+@pytest.mark.parametrize("distance,window", [("ridge", 1), ("ridge", 2), ("image_ridge", 1), ("image_ridge", 2)])
+def test_ridge_patch_knn_reconstructs_from_the_nearest_other_images(distance, window):
     rng = np.random.default_rng(2)
     train = {"patches/scale2": rng.normal(size=(7, 2, 2, 3)), "patches/scale3": rng.normal(size=(7, 1, 1, 4))}
     originals = {k: v.copy() for k, v in train.items()}
     test = {k: rng.normal(size=(2, *v.shape[1:])) for k, v in train.items()}
     queries = {k: v.copy() for k, v in test.items()}
     held_out = evaluate.add_patch_knn_scores(train, test, ["scale2", "scale3"], bank_size=1, seed=0, neighbours=2,
-                                             distance="ridge", penalty=0.5)
+                                             distance=distance, penalty=0.5, window=window)
     unit = lambda a: a / np.linalg.norm(a, axis=-1, keepdims=True)  # noqa: E731
     deepest, deepest_queries = (unit(x["patches/scale3"].reshape(len(x["patches/scale3"]), -1))
                                 for x in (originals, queries))
@@ -191,9 +192,9 @@ def test_ridge_patch_knn_reconstructs_each_place_from_the_nearest_other_images()
     test_neighbours = np.argsort(-(deepest_queries @ deepest.T), axis=1)[:, :2]
     for n in ("scale2", "scale3"):
         maps = originals[f"patches/{n}"]
-        # aligned_ridge_residual itself is checked against a float64 least squares in test_knn.
-        want_held = knn.aligned_ridge_residual(maps, maps, held_neighbours, 0.5)
-        want_test = knn.aligned_ridge_residual(maps, queries[f"patches/{n}"], test_neighbours, 0.5)
+        # each ridge distance itself is checked against a float64 least squares in test_knn.
+        want_held = knn.aligned_map(distance, maps, maps, held_neighbours, penalty=0.5, window=window)
+        want_test = knn.aligned_map(distance, maps, queries[f"patches/{n}"], test_neighbours, penalty=0.5, window=window)
         np.testing.assert_allclose(held_out[f"patch_knn/{n}"], want_held.reshape(7, -1).max(axis=1), rtol=1e-4)
         np.testing.assert_allclose(test[f"patch_map/{n}"], want_test, rtol=1e-4)
         np.testing.assert_allclose(test[f"patch_knn/{n}"], want_test.reshape(2, -1).max(axis=1), rtol=1e-4)

@@ -112,27 +112,92 @@ def test_aligned_patch_distance_is_zero_where_a_neighbour_matches_and_local_else
         knn.aligned_patch_distance(bank, query[:, :4], np.array([[2]]))
 
 
-@pytest.mark.parametrize("radius", [0, 1])
-def test_aligned_ridge_residual_matches_a_float64_least_squares_per_position(radius):
+def _window_mean_reference(residual: np.ndarray, window: int) -> np.ndarray:
+    """[B, H, W, C] mean over offsets -(window // 2) .. window - 1 - window // 2 along each
+    axis, positions beyond the border counting as zeros: the window knn documents."""
+    out = np.zeros_like(residual)
+    h, w = residual.shape[1:3]
+    offsets = range(-(window // 2), window - window // 2)
+    for y in range(h):
+        for x in range(w):
+            for dy in offsets:
+                for dx in offsets:
+                    if 0 <= y + dy < h and 0 <= x + dx < w:
+                        out[:, y, x] += residual[:, y + dy, x + dx]
+    return out / window ** 2
+
+
+def _ridge_reference(basis: np.ndarray, query: np.ndarray, penalty: float) -> np.ndarray:
+    """query - basis a for the ridge coefficients a, in float64, solved as the least squares
+    of the augmented system [basis; sqrt(penalty) I] a = [query; 0]."""
+    basis = np.asarray(basis, np.float64)
+    design = np.vstack([basis, np.sqrt(penalty) * np.eye(basis.shape[1])])
+    target = np.concatenate([query, np.zeros(basis.shape[1])])
+    return query - basis @ np.linalg.lstsq(design, target, rcond=None)[0]
+
+
+@pytest.mark.parametrize("radius,window", [(0, 1), (1, 1), (0, 2), (1, 3)])
+def test_aligned_ridge_residual_matches_a_float64_least_squares_per_position(radius, window):
     rng = np.random.default_rng(6)
     bank, queries = rng.normal(size=(5, 3, 4, 6)), rng.normal(size=(3, 3, 4, 6))
     neighbours = np.array([[0, 2], [4, 1], [3, 3]])
     penalty = 0.5
-    got = knn.aligned_ridge_residual(bank, queries, neighbours, penalty, radius, chunk=2)
-    want = np.zeros((3, 3, 4))
+    got = knn.aligned_ridge_residual(bank, queries, neighbours, penalty, radius, window, chunk=2)
+    residual = np.zeros((3, 3, 4, 6))
     for q in range(3):
         for y in range(3):
             for x in range(4):
-                # rows: the neighbours' vectors within `radius` (edge-padded), as a ridge
-                # regression solved on the augmented system [B^T; sqrt(penalty) I] a = [q; 0].
+                # rows: the neighbours' vectors within `radius` (edge-padded)
                 rows = [bank[b, min(max(yy, 0), 2), min(max(xx, 0), 3)] for b in neighbours[q]
                         for yy in range(y - radius, y + radius + 1) for xx in range(x - radius, x + radius + 1)]
-                basis = np.array(rows, np.float64).T
-                design = np.vstack([basis, np.sqrt(penalty) * np.eye(basis.shape[1])])
-                target = np.concatenate([queries[q, y, x], np.zeros(basis.shape[1])])
-                coefficients = np.linalg.lstsq(design, target, rcond=None)[0]
-                want[q, y, x] = np.linalg.norm(queries[q, y, x] - basis @ coefficients)
+                residual[q, y, x] = _ridge_reference(np.array(rows).T, queries[q, y, x], penalty)
+    want = np.linalg.norm(_window_mean_reference(residual, window), axis=-1)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("window", [1, 2, 3])
+def test_image_ridge_residual_matches_a_float64_least_squares_of_the_whole_map(window):
+    rng = np.random.default_rng(8)
+    bank, queries = rng.normal(size=(5, 3, 4, 2)), rng.normal(size=(3, 3, 4, 2))
+    neighbours = np.array([[0, 2, 4], [4, 1, 0], [3, 3, 2]])
+    penalty = 0.3
+    got = knn.image_ridge_residual(bank, queries, neighbours, penalty, window, chunk=2)
+    residual = np.stack([_ridge_reference(bank[neighbours[q]].reshape(3, -1).T, queries[q].ravel(), penalty)
+                         for q in range(3)]).reshape(queries.shape)
+    want = np.linalg.norm(_window_mean_reference(residual, window), axis=-1)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_image_ridge_finds_a_shifted_box_that_each_place_can_explain_on_its_own():
+    rng = np.random.default_rng(9)
+    bank = rng.normal(size=(6, 6, 6, 4))
+    query = 0.6 * bank[0:1] + 0.4 * bank[2:3]  # one blend of two neighbours everywhere...
+    query[0, 1, 3:5] = bank[0, 1, 3:5]  # ... but another in a small box
+    neighbours = np.array([[0, 2]])
+    whole = knn.image_ridge_residual(bank, query, neighbours, penalty=1e-4)
+    per_place = knn.aligned_ridge_residual(bank, query, neighbours, penalty=1e-4)
+    np.testing.assert_allclose(per_place, 0.0, atol=1e-3)  # each place alone is a blend
+    box = np.zeros((6, 6), bool)
+    box[1, 3:5] = True
+    assert whole[0][box].min() > 5 * whole[0][~box].max()
+
+
+def test_aligned_map_picks_the_distance_and_refuses_what_does_not_apply():
+    rng = np.random.default_rng(10)
+    bank, query = rng.normal(size=(4, 3, 3, 2)), rng.normal(size=(1, 3, 3, 2))
+    neighbours = np.array([[1, 3]])
+    np.testing.assert_array_equal(knn.aligned_map("nearest", bank, query, neighbours, 1, metric="euclidean"),
+                                  knn.aligned_patch_distance(bank, query, neighbours, 1, "euclidean"))
+    np.testing.assert_array_equal(knn.aligned_map("ridge", bank, query, neighbours, 1, 0.5, 2),
+                                  knn.aligned_ridge_residual(bank, query, neighbours, 0.5, 1, 2))
+    np.testing.assert_array_equal(knn.aligned_map("image_ridge", bank, query, neighbours, 0, 0.5, 2),
+                                  knn.image_ridge_residual(bank, query, neighbours, 0.5, 2))
+    with pytest.raises(ValueError, match="radius=1: image_ridge"):
+        knn.aligned_map("image_ridge", bank, query, neighbours, 1)
+    with pytest.raises(ValueError, match="'farthest'"):
+        knn.aligned_map("farthest", bank, query, neighbours)
+    with pytest.raises(ValueError, match="window=0"):
+        knn.image_ridge_residual(bank, query, neighbours, 0.5, 0)
 
 
 def test_aligned_ridge_residual_is_small_for_a_blend_of_the_neighbours_and_local_elsewhere():

@@ -4,6 +4,7 @@ Offline: point TFDS at the prepared copy (`data_dir=...` or TFDS_DATA_DIR).
   python -m mscad_jax.main --config=configs/fashion_mnist.py:normal_class=3 --workdir=...
 The CPU-sized variant used for the sweep on two cores: `:cpu=True` (28x28 images, a
 smaller model, rotations, kNN + rotation scoring); about 8 minutes per class there.
+With `anomaly_type=local` it trains stage 1 without crops.
 """
 
 from mscad_jax import config as base
@@ -29,6 +30,10 @@ def get_config(arg: str | None = None):
         c.stage1.epochs = 3
         c.stage1.warmup_epochs = 1
         c.stage1.augment.crop_scale_min = 0.8
+        if args.get("anomaly_type") == "local":
+            # No crop: stage 1 keeps where things are, which the patch kNN compares. Class 0,
+            # seeds 0-2: cutpaste 87.09 +- 0.92 vs 85.80 +- 0.59, scar 76.00 +- 0.32 vs 74.43 +- 0.94.
+            c.stage1.augment.crop_scale_min = 1.0
         c.stage1.augment.jitter_prob = 0.0
         c.stage2.pooling = "flatten"
         c.stage2.batch_size = 128

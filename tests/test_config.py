@@ -392,3 +392,10 @@ def test_config_json_rebuilds_the_config(name):
     assert rebuilt.model.scales == config.model.scales and isinstance(rebuilt.eval.scorer, tuple)
     with pytest.raises(config_lib.ConfigError, match="no field 'model.widht'"):
         config_lib.from_json({"model": {"widht": 4}})
+
+
+def test_fashion_mnist_cpu_trains_stage1_without_crops_for_local_anomalies_only():
+    assert get_config("fashion_mnist", "cpu=True").stage1.augment.crop_scale_min == 0.8
+    local = get_config("fashion_mnist", "cpu=True,anomaly_type=local,local_kind=scar")
+    assert local.stage1.augment.crop_scale_min == 1.0
+    config_lib.validate(local)

@@ -76,8 +76,7 @@ def aligned_patch_distance(bank_maps: np.ndarray, query_maps: np.ndarray, neighb
     unit = lambda x: np.asarray(x, np.float32) / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)  # noqa: E731
     bank, queries = (unit(bank_maps), unit(query_maps)) if cosine else (np.asarray(bank_maps, np.float32),
                                                                        np.asarray(query_maps, np.float32))
-    if neighbours.shape[0] != len(queries) or bank.shape[1:] != queries.shape[1:]:
-        raise ValueError(f"maps {bank.shape} and {queries.shape} with neighbours {neighbours.shape} do not match")
+    _check_shapes(bank, queries, neighbours)
     out = np.empty(queries.shape[:3], np.float32)
     for start in range(0, len(queries), chunk):
         q = queries[start:start + chunk]
@@ -100,13 +99,24 @@ def _window_norm(residual: np.ndarray, window: int) -> np.ndarray:
     return np.linalg.norm(residual, axis=-1)
 
 
+def _check_shapes(bank: np.ndarray, queries: np.ndarray, neighbours: np.ndarray) -> None:
+    if neighbours.shape[0] != len(queries) or bank.shape[1:] != queries.shape[1:]:
+        raise ValueError(f"maps {bank.shape} and {queries.shape} with neighbours {neighbours.shape} do not match")
+
+
 def _check_ridge(bank: np.ndarray, queries: np.ndarray, neighbours: np.ndarray, penalty: float, window: int) -> None:
     if not penalty > 0:
         raise ValueError(f"penalty={penalty} must be > 0")
     if window < 1:
         raise ValueError(f"window={window} must be >= 1")
-    if neighbours.shape[0] != len(queries) or bank.shape[1:] != queries.shape[1:]:
-        raise ValueError(f"maps {bank.shape} and {queries.shape} with neighbours {neighbours.shape} do not match")
+    _check_shapes(bank, queries, neighbours)
+
+
+def _ridge_leftover(basis: np.ndarray, target: np.ndarray, penalty: float) -> np.ndarray:
+    """target - B^T a for a = argmin ||target - B^T a||^2 + penalty ||a||^2, that is
+    (B B^T + penalty I)^-1 B target, batched: basis B [..., R, D], target [..., D, 1]."""
+    gram = basis @ np.swapaxes(basis, -1, -2) + penalty * np.eye(basis.shape[-2], dtype=basis.dtype)
+    return target - np.swapaxes(basis, -1, -2) @ np.linalg.solve(gram, basis @ target)
 
 
 def aligned_ridge_residual(bank_maps: np.ndarray, query_maps: np.ndarray, neighbours: np.ndarray,
@@ -126,15 +136,12 @@ def aligned_ridge_residual(bank_maps: np.ndarray, query_maps: np.ndarray, neighb
     bank = np.asarray(bank_maps, np.float32)
     queries = np.asarray(query_maps, np.float32)
     _check_ridge(bank, queries, neighbours, penalty, window)
-    identity = penalty * np.eye(neighbours.shape[1] * (2 * radius + 1) ** 2, dtype=np.float32)
     out = np.empty(queries.shape[:3], np.float32)
     for start in range(0, len(queries), chunk):
         q = queries[start:start + chunk, :, :, :, None]  # [B, H, W, C, 1]
         shifted = _shifted_maps(bank[neighbours[start:start + chunk]], radius)  # each [B, K, H, W, C]
         basis = np.moveaxis(np.concatenate(shifted, axis=1), 1, 3)  # [B, H, W, R, C]
-        coefficients = np.linalg.solve(basis @ np.swapaxes(basis, -1, -2) + identity, basis @ q)
-        residual = q - np.swapaxes(basis, -1, -2) @ coefficients
-        out[start:start + chunk] = _window_norm(residual[..., 0], window)
+        out[start:start + chunk] = _window_norm(_ridge_leftover(basis, q, penalty)[..., 0], window)
     return out
 
 
@@ -153,15 +160,12 @@ def image_ridge_residual(bank_maps: np.ndarray, query_maps: np.ndarray, neighbou
     bank = np.asarray(bank_maps, np.float32)
     queries = np.asarray(query_maps, np.float32)
     _check_ridge(bank, queries, neighbours, penalty, window)
-    identity = penalty * np.eye(neighbours.shape[1], dtype=np.float32)
     out = np.empty(queries.shape[:3], np.float32)
     for start in range(0, len(queries), chunk):
         q = queries[start:start + chunk]
         basis = bank[neighbours[start:start + chunk]].reshape(len(q), neighbours.shape[1], -1)  # [B, K, D]
-        flat = q.reshape(len(q), -1, 1)
-        coefficients = np.linalg.solve(basis @ np.swapaxes(basis, -1, -2) + identity, basis @ flat)
-        residual = flat - np.swapaxes(basis, -1, -2) @ coefficients
-        out[start:start + chunk] = _window_norm(residual.reshape(q.shape), window)
+        leftover = _ridge_leftover(basis, q.reshape(len(q), -1, 1), penalty)
+        out[start:start + chunk] = _window_norm(leftover.reshape(q.shape), window)
     return out
 
 

@@ -23,7 +23,7 @@ SIGMA_FLOOR = 1e-12
 
 # Scorer name (config `eval.scorer`) -> prefix of its per-scale score keys; None: one key.
 SCORERS: dict[str, str | None] = {"detector": "a", "a0": "a0", "knn": "knn", "rotation": None,
-                                  "patch_memory": "patch_memory", "local": "local"}
+                                  "patch_memory": "patch_memory", "local": "local", "pixel_knn": None}
 
 # (mean, std) as a pair of floats or a [2] array (inside the jitted scorer).
 Stat = Any

@@ -2,7 +2,8 @@
 per-scale scores and the localisation map.
 
 `fit` measures what a score depends on beyond the trained weights, on normal training
-images: the k-NN bank (their L2-normalised pooled features per scale), the normal
+images: the k-NN bank (their L2-normalised pooled features per scale; with the
+`pixel_knn` scorer also the images themselves), the normal
 statistics (mean, std) of every per-scale score and of every scorer, and the threshold
 (a percentile of their final scores). Together with the frozen stage-1 variables and the
 stage-2 detector it forms the scorer state, a pytree of arrays. `make_scorer` returns the
@@ -14,7 +15,9 @@ Outputs, per image: 'score' (the sum of the chosen scorers, each standardised on
 data), 'score/<scorer>' for every scorer the model has, the raw per-scale scores
 '<prefix>/<scale>' (a: detector distance, a0: training-free energy, knn: k-NN cosine
 distance, patch_memory: worst patch's distance to the memory, local: the segmentation
-head's largest logit) and 'map' [H, W] (see fusion.localisation_maps).
+head's largest logit), 'pixel_knn' (the raw-pixel k-NN distance, the floor every result
+is published beside, when it is a chosen scorer) and 'map' [H, W] (see
+fusion.localisation_maps).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from mscad_jax import files, fusion, knn, losses
 # The threshold is this percentile of the final scores of normal training images.
 THRESHOLD_PERCENTILE = 95.0
 
-ScorerState = dict[str, Any]  # frozen, detector, centers, bank, stats, scorer_stats, threshold
+ScorerState = dict[str, Any]  # frozen, detector, centers, bank, [pixel_bank], stats, scorer_stats, threshold
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +63,19 @@ def knn_distance(features: jax.Array, bank: jax.Array, k: int) -> jax.Array:
     return jnp.mean(1.0 - jax.lax.top_k(similarity, k)[0], axis=-1)
 
 
+def pixel_knn_distance(images: jax.Array, bank: jax.Array, k: int) -> jax.Array:
+    """Mean Euclidean distance, on [0, 1] pixels, of each uint8 image to its k nearest
+    images of the uint8 `bank` (the jitted counterpart of knn.knn_distance(..., 'euclidean'))."""
+    pixels = lambda x: x.reshape(x.shape[0], -1).astype(jnp.float32) / 255.0  # noqa: E731
+    queries, rows = pixels(images), pixels(bank)
+    # |q - b|^2 expanded; HIGHEST keeps the cross term exact where the default would round
+    # it (TF32 on GPUs), since the expansion subtracts numbers of similar size.
+    cross = jnp.matmul(queries, rows.T, precision=jax.lax.Precision.HIGHEST)
+    squared = jnp.sum(queries ** 2, -1)[:, None] - 2.0 * cross + jnp.sum(rows ** 2, -1)[None, :]
+    nearest = -jax.lax.top_k(-squared, k)[0]
+    return jnp.mean(jnp.sqrt(jnp.maximum(nearest, 0.0)), axis=-1)
+
+
 def fuse(raw: dict[str, Any], state: ScorerState, spec: ScorerSpec) -> dict[str, jax.Array]:
     """Per-scale scores (k-NN included) -> the scorer outputs (module docstring)."""
     by_scorer = fusion.scorer_scores(raw, state["stats"], spec.names, spec.weights)
@@ -82,6 +98,8 @@ def make_scorer(raw_fn: Callable, spec: ScorerSpec) -> Callable[[ScorerState, ja
         raw = raw_fn(state["frozen"], state["detector"], state["centers"], images)
         for n in spec.names:
             raw[f"knn/{n}"] = knn_distance(raw.pop(f"feature/{n}"), state["bank"][n], spec.knn_k)
+        if "pixel_knn" in spec.available:
+            raw["pixel_knn"] = pixel_knn_distance(images, state["pixel_bank"], spec.knn_k)
         return fuse(raw, state, spec)
 
     return score
@@ -89,12 +107,15 @@ def make_scorer(raw_fn: Callable, spec: ScorerSpec) -> Callable[[ScorerState, ja
 
 def fit(train: dict[str, np.ndarray], variables: dict[str, Any], names: tuple[str, ...],
         weights: tuple[float, ...], scorers: tuple[str, ...], knn_k: int,
-        threshold_percentile: float = THRESHOLD_PERCENTILE) -> tuple[ScorerState, ScorerSpec]:
+        threshold_percentile: float = THRESHOLD_PERCENTILE,
+        normal_images: np.ndarray | None = None) -> tuple[ScorerState, ScorerSpec]:
     """The scorer state from `train`, the raw scores of normal training images.
 
     `variables` holds 'frozen', 'detector' and 'centers'. Each training image's k-NN
     score leaves the image itself out of the bank (scikit-learn's search), so its
-    statistics are those of an unseen normal image.
+    statistics are those of an unseen normal image. `normal_images` (uint8, the images
+    `train` was scored on) are the bank of the `pixel_knn` scorer, kept only when it is
+    chosen: it costs an image per bank row.
     """
     train = dict(train)
     bank = {}
@@ -102,6 +123,12 @@ def fit(train: dict[str, np.ndarray], variables: dict[str, Any], names: tuple[st
         features = train.pop(f"feature/{n}")
         bank[n] = np.asarray(losses.l2_normalize(jnp.asarray(features)))
         train[f"knn/{n}"] = knn.knn_distance(features, None, knn_k)
+    pixel_bank = {}
+    if "pixel_knn" in scorers:
+        if normal_images is None:
+            raise ValueError("the pixel_knn scorer needs the normal training images (normal_images)")
+        pixel_bank["pixel_bank"] = np.asarray(normal_images, np.uint8)
+        train["pixel_knn"] = knn.knn_distance(pixel_bank["pixel_bank"] / np.float32(255.0), None, knn_k, "euclidean")
     stats = {k: np.asarray(v, np.float32) for k, v in fusion.normal_statistics(train).items()}
     by_scorer = {s: np.asarray(v) for s, v in fusion.scorer_scores(train, stats, names, weights).items()}
     missing = [s for s in scorers if s not in by_scorer]
@@ -110,7 +137,7 @@ def fit(train: dict[str, np.ndarray], variables: dict[str, Any], names: tuple[st
                          f"(available: {', '.join(by_scorer)})")
     scorer_stats = {s: np.array([v.mean(), v.std()], np.float32) for s, v in by_scorer.items()}
     final = np.asarray(fusion.final_score(by_scorer, scorer_stats, scorers))
-    state = {**variables, "bank": bank, "stats": stats, "scorer_stats": scorer_stats,
+    state = {**variables, "bank": bank, **pixel_bank, "stats": stats, "scorer_stats": scorer_stats,
              "threshold": np.float32(np.percentile(final, threshold_percentile))}
     spec = ScorerSpec(tuple(names), tuple(float(w) for w in weights), tuple(scorers), tuple(by_scorer), int(knn_k),
                       float(threshold_percentile))

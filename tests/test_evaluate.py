@@ -1,5 +1,6 @@
 """Evaluation against a NumPy reference: centres, per-scale scores, normal statistics
-(labelled anomalies and padded rows excluded), k-NN, score fusion and scores.csv."""
+(labelled anomalies and padded rows excluded), k-NN on features and on raw pixels, score
+fusion and scores.csv."""
 
 import csv
 
@@ -35,8 +36,8 @@ def _cosine_knn(bank, queries, k, leave_out_self):
 
 def test_scores_statistics_and_fusion_match_a_numpy_reference(tiny_config, random_images, tmp_path):
     weights = (1.0, 0.5, 2.0)
-    config = tiny_config(**{"eval.batch_size": 4, "eval.scorer": ("detector", "a0", "knn"), "eval.knn_k": 2,
-                            "eval.plots": False, "eval.score_weights": weights, "protocol": "unbalanced"})
+    config = tiny_config(**{"eval.batch_size": 4, "eval.scorer": ("detector", "a0", "knn", "pixel_knn"),
+                            "eval.knn_k": 2, "eval.plots": False, "eval.score_weights": weights, "protocol": "unbalanced"})
     names = anomem.scale_names(config.model.scales)
     train_images = random_images(11)
     labelled = np.zeros(11, bool)
@@ -68,6 +69,13 @@ def test_scores_statistics_and_fusion_match_a_numpy_reference(tiny_config, rando
         bank = train[f"feature/{n}"]
         train[f"knn/{n}"] = _cosine_knn(bank, bank, 2, leave_out_self=True)
         test[f"knn/{n}"] = _cosine_knn(bank, test[f"feature/{n}"], 2, leave_out_self=False)
+    pixels = lambda x: np.asarray(x, np.float64).reshape(len(x), -1) / 255.0  # noqa: E731
+    normal_pixels = pixels(train_images[~labelled])
+    euclidean = lambda q: np.linalg.norm(q[:, None] - normal_pixels[None], axis=-1)  # noqa: E731
+    own = euclidean(normal_pixels)
+    np.fill_diagonal(own, np.inf)
+    train["pixel_knn"] = np.sort(own, axis=1)[:, :2].mean(axis=1)
+    test["pixel_knn"] = np.sort(euclidean(pixels(test_images)), axis=1)[:, :2].mean(axis=1)
     stats = {k: (v.mean(), v.std()) for k, v in train.items() if not k.startswith("feature/")}
     for key, (mean, std) in stats.items():
         assert results["score_stats"][key]["mean"] == pytest.approx(mean, rel=1e-4, abs=1e-6), key
@@ -83,6 +91,8 @@ def test_scores_statistics_and_fusion_match_a_numpy_reference(tiny_config, rando
         on_train, on_test = fused(train, prefix), fused(test, prefix)
         by_scorer[scorer] = on_test
         final = final + (on_test - on_train.mean()) / on_train.std()
+    by_scorer["pixel_knn"] = test["pixel_knn"]
+    final = final + (test["pixel_knn"] - stats["pixel_knn"][0]) / stats["pixel_knn"][1]
 
     with open(tmp_path / "scores.csv") as f:
         rows = list(csv.DictReader(f))
@@ -96,7 +106,7 @@ def test_scores_statistics_and_fusion_match_a_numpy_reference(tiny_config, rando
     from sklearn.metrics import roc_auc_score
     assert results["auroc"] == pytest.approx(roc_auc_score(labels, final))
     assert results["auroc_knn"] == pytest.approx(roc_auc_score(labels, by_scorer["knn"]))
-    assert results["scorer"] == "detector+a0+knn"
+    assert results["scorer"] == "detector+a0+knn+pixel_knn"
 
 
 def test_a_scorer_the_model_lacks_is_refused(tiny_config, random_images, tmp_path):

@@ -30,10 +30,10 @@ def _read_csv(path):
 
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
-    """A finished tiny digits job (rotation head, three scorers summed) and its export."""
+    """A finished tiny digits job (rotation head, four scorers summed) and its export."""
     root = tmp_path_factory.mktemp("export")
     config = config_lib.chosen_method(make_tiny_config(dataset="digits", normal_class=0))
-    config.eval.scorer = ("knn", "rotation", "detector")
+    config.eval.scorer = ("knn", "rotation", "detector", "pixel_knn")
     config.eval.plots = False
     workdir, artifact = str(root / "run"), str(root / "model")
     results = train.train_and_evaluate(config, workdir)
@@ -48,8 +48,8 @@ def test_exported_scores_equal_the_evaluation_scores(job):
     rows = _read_csv(os.path.join(job["workdir"], "scores.csv"))
     assert len(rows) == len(out["score"]) == 540
     for column, key in (("score", "score"), ("knn", "score/knn"), ("rotation", "score/rotation"),
-                        ("detector", "score/detector"), ("a/scale3", "a/scale3"), ("knn/scale4", "knn/scale4"),
-                        ("a0/scale2", "a0/scale2")):
+                        ("detector", "score/detector"), ("pixel_knn", "score/pixel_knn"), ("a/scale3", "a/scale3"),
+                        ("knn/scale4", "knn/scale4"), ("a0/scale2", "a0/scale2")):
         want = np.array([float(r[column]) for r in rows])
         np.testing.assert_allclose(out[key], want, rtol=1e-5, atol=1e-5, err_msg=column)
     assert out["map"].shape == (540, 8, 8)
@@ -61,7 +61,7 @@ def test_metadata_describes_the_model(job):
     meta = job["metadata"]
     assert meta["input"] == {"dtype": "uint8", "shape": ["N", 8, 8, 1], "image_size": 8, "channels": 1}
     assert meta["platforms"] == ["cpu"] and meta["scales"] == ["scale2", "scale3", "scale4"]
-    assert meta["scorers"] == ["knn", "rotation", "detector"]
+    assert meta["scorers"] == ["knn", "rotation", "detector", "pixel_knn"]
     assert meta["threshold"] == pytest.approx(job["results"]["threshold"])
     assert meta["class_names"] == [str(k) for k in range(10)] and meta["normal_class"] == 0
     assert set(meta["files"]) == {exported.MODEL_FILE, exported.WEIGHTS_FILE}

@@ -141,6 +141,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.patch_knn_distance = "ridge"  # With neighbours: ridge (each place a ridge fit out of those places) | image_ridge (one fit for the whole map) | nearest (SPADE).
     c.eval.patch_knn_ridge_penalty = 1.0  # ridge, image_ridge: the ridge penalty (features are not normalised).
     c.eval.patch_knn_window = 1  # ridge, image_ridge: signed residual averaged over window x window positions before its norm.
+    c.eval.patch_knn_weights = ()  # w_s per configured scale for auroc_patch_knn and its maps; () = eval.score_weights.
     c.eval.linear_eval = False  # Linear probe on frozen pooled features of the full dataset.
     c.eval.linear_eval_max_examples = 20000  # Cap on linear-probe training images.
     c.eval.plots = True  # ROC, histograms, top anomalies with heatmaps.
@@ -426,7 +427,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     if config.eval.knn_k < 1:
         _fail("eval.knn_k", config.eval.knn_k, "must be a positive integer")
 
-    for weights_field in ("stage1.scale_weights", "eval.score_weights"):
+    for weights_field in ("stage1.scale_weights", "eval.score_weights", "eval.patch_knn_weights"):
         section, name = weights_field.split(".")
         weights = tuple(config[section][name])
         if weights and len(weights) != len(scales):

@@ -154,8 +154,9 @@ def evaluate(config: ml_collections.ConfigDict, data: protocols.ProtocolData, ra
                                         config.eval.patch_knn_window)
         held_out_stats = fusion.normal_statistics(held_out)
         stats |= held_out_stats
-        test["score/patch_knn"] = np.asarray(fusion.combine(test, held_out_stats, "patch_knn", names, weights))
-        patch_maps = patch_localisation_maps(test, held_out_stats, names, weights, data.test_images.shape[1:3])
+        patch_weights = tuple(float(w) for w in config.eval.patch_knn_weights) or weights
+        test["score/patch_knn"] = np.asarray(fusion.combine(test, held_out_stats, "patch_knn", names, patch_weights))
+        patch_maps = patch_localisation_maps(test, held_out_stats, names, patch_weights, data.test_images.shape[1:3])
     final = test["score"]
     test_by_scorer = {s: test[f"score/{s}"] for s in (*fusion.SCORERS, "patch_knn") if f"score/{s}" in test}
     labels = data.test_labels

@@ -141,6 +141,7 @@ INVALID = [
     ("default", "eval.patch_knn_distance", "farthest"),
     ("default", "eval.patch_knn_ridge_penalty", 0.0),
     ("default", "eval.patch_knn_window", 0),
+    ("default", "eval.patch_knn_weights", (1.0, 0.0)),  # one weight per scale
     ("default", "stage1.local_anomalies", ("scar",)),  # without model.local_head
     ("default", "stage1.local_anomalies", ("rotation",)),
     ("default", "model.local_head", True),  # without stage1.local_anomalies
@@ -394,8 +395,12 @@ def test_config_json_rebuilds_the_config(name):
         config_lib.from_json({"model": {"widht": 4}})
 
 
-def test_fashion_mnist_cpu_trains_stage1_without_crops_for_local_anomalies_only():
-    assert get_config("fashion_mnist", "cpu=True").stage1.augment.crop_scale_min == 0.8
+def test_fashion_mnist_cpu_local_preset_changes_stage1_crops_and_the_patch_knn_only():
+    one_class = get_config("fashion_mnist", "cpu=True")
+    assert one_class.stage1.augment.crop_scale_min == 0.8 and not one_class.eval.patch_knn
     local = get_config("fashion_mnist", "cpu=True,anomaly_type=local,local_kind=scar")
     assert local.stage1.augment.crop_scale_min == 1.0
+    assert local.eval.patch_knn and local.eval.patch_knn_distance == "image_ridge"
+    assert local.eval.patch_knn_window == 2 and tuple(local.eval.patch_knn_weights) == (1.0, 0.0, 0.0)
+    assert tuple(local.eval.score_weights) == tuple(one_class.eval.score_weights)  # the image scorers keep all scales
     config_lib.validate(local)

@@ -32,6 +32,8 @@ KNN_POOLINGS = ("mean", "flatten")
 PATCH_KNN_DISTANCES = ("ridge", "image_ridge", "nearest")
 # The distances that reconstruct from the neighbours (and so take a penalty and a window).
 RIDGE_DISTANCES = ("ridge", "image_ridge")
+# eval.patch_knn_neighbours_on: which flattened map picks each image's nearest normal images.
+PATCH_KNN_NEIGHBOURS_ON = ("deepest", "same")
 
 
 class ConfigError(ValueError):
@@ -141,6 +143,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.patch_knn_distance = "ridge"  # With neighbours: ridge (each place a ridge fit out of those places) | image_ridge (one fit for the whole map) | nearest (SPADE).
     c.eval.patch_knn_ridge_penalty = 1.0  # ridge, image_ridge: the ridge penalty (features are not normalised).
     c.eval.patch_knn_window = 1  # ridge, image_ridge: signed residual averaged over window x window positions before its norm.
+    c.eval.patch_knn_neighbours_on = "deepest"  # With neighbours: the map that picks the K nearest images: deepest (one pick for all scales) | same (each scale's own).
     c.eval.patch_knn_weights = ()  # w_s per configured scale for auroc_patch_knn and its maps; () = eval.score_weights.
     c.eval.linear_eval = False  # Linear probe on frozen pooled features of the full dataset.
     c.eval.linear_eval_max_examples = 20000  # Cap on linear-probe training images.
@@ -472,6 +475,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
             _fail(f"eval.{field}", config.eval[field], "must be an integer >= 0")
     if config.eval.patch_knn_distance not in PATCH_KNN_DISTANCES:
         _fail("eval.patch_knn_distance", config.eval.patch_knn_distance, f"allowed: {', '.join(PATCH_KNN_DISTANCES)}")
+    if config.eval.patch_knn_neighbours_on not in PATCH_KNN_NEIGHBOURS_ON:
+        _fail("eval.patch_knn_neighbours_on", config.eval.patch_knn_neighbours_on,
+              f"allowed: {', '.join(PATCH_KNN_NEIGHBOURS_ON)}")
     ridge = config.eval.patch_knn_distance in RIDGE_DISTANCES
     if ridge and config.eval.patch_knn_neighbours == 0:
         _fail("eval.patch_knn_distance", config.eval.patch_knn_distance, "a ridge distance reconstructs from the nearest "

@@ -51,9 +51,21 @@ def score_images(score_fn: Callable, args: tuple, images: np.ndarray, batch_size
     return {k: np.concatenate(v) for k, v in chunks.items()}
 
 
+def _nearest_images(bank: np.ndarray, queries: np.ndarray, held_rows: np.ndarray,
+                    neighbours: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the `neighbours` nearest bank maps (cosine, flattened) of every query and
+    of every held-out bank row, [Q, K] and [len(held_rows), K]."""
+    test_neighbours = knn.nearest_rows(bank, queries, neighbours)[1]
+    # One neighbour more than asked, then each held-out row's own index dropped: it is in
+    # the bank, and an image must not be compared with itself.
+    found = knn.nearest_rows(bank, bank[held_rows], neighbours + 1)[1]
+    others = found != held_rows[:, None]
+    return test_neighbours, np.take_along_axis(found, np.argsort(~others, axis=1, kind="stable")[:, :neighbours], 1)
+
+
 def add_patch_knn_scores(train: dict[str, np.ndarray], test: dict[str, np.ndarray], names: list[str],
                          bank_size: int, seed: int, neighbours: int = 0, radius: int = 0, distance: str = "nearest",
-                         penalty: float = 1.0, window: int = 1) -> dict[str, np.ndarray]:
+                         penalty: float = 1.0, window: int = 1, neighbours_on: str = "deepest") -> dict[str, np.ndarray]:
     """Adds 'patch_knn/<scale>', the largest over positions of 'patch_map/<scale>' [M, H_s, W_s]:
     how far each position is from the normal training patches. Returns the same image
     scores for held-out normal training images (their statistics).
@@ -62,7 +74,7 @@ def add_patch_knn_scores(train: dict[str, np.ndarray], test: dict[str, np.ndarra
     position of half of the training images, cosine distance to the nearest; the other
     half is held out. `neighbours=K`: the patches within `radius` positions of the same
     place in the K nearest normal training images (cosine on the deepest scale's flattened
-    map), measured by `distance`: 'nearest', SPADE's cosine distance to the closest, or
+    map, or with `neighbours_on='same'` on each scale's own), measured by `distance`: 'nearest', SPADE's cosine distance to the closest, or
     'ridge', the residual of a ridge reconstruction out of them (`penalty`, `window`;
     knn.aligned_ridge_residual), or 'image_ridge', the residual of one ridge
     reconstruction of the whole map out of those images' maps (knn.image_ridge_residual;
@@ -78,13 +90,8 @@ def add_patch_knn_scores(train: dict[str, np.ndarray], test: dict[str, np.ndarra
         held_rows = np.sort(rng.choice(count, min(count, MAX_HELD_OUT), replace=False))
         # model.scales is a set of stages in any order: the deepest is the largest number.
         deepest_name = max(names, key=lambda n: int(n.removeprefix("scale")))
-        deepest = train[f"patches/{deepest_name}"]
-        test_neighbours = knn.nearest_rows(deepest, test[f"patches/{deepest_name}"], neighbours)[1]
-        # One neighbour more than asked, then each held-out row's own index dropped: it
-        # is in the bank, and an image must not be compared with itself.
-        found = knn.nearest_rows(deepest, deepest[held_rows], neighbours + 1)[1]
-        others = found != held_rows[:, None]
-        held_neighbours = np.take_along_axis(found, np.argsort(~others, axis=1, kind="stable")[:, :neighbours], 1)
+        nearest = {n: _nearest_images(train[f"patches/{n}"], test[f"patches/{n}"], held_rows, neighbours)
+                   for n in (names if neighbours_on == "same" else [deepest_name])}
     else:
         order = rng.permutation(count)
         bank_rows, held_rows = order[: count // 2], order[count // 2:]
@@ -93,6 +100,7 @@ def add_patch_knn_scores(train: dict[str, np.ndarray], test: dict[str, np.ndarra
         patches = train.pop(f"patches/{n}")
         queries = test.pop(f"patches/{n}")
         if neighbours:
+            test_neighbours, held_neighbours = nearest[n if neighbours_on == "same" else deepest_name]
             measure = functools.partial(knn.aligned_map, distance, patches, radius=radius, penalty=penalty, window=window)
             test_map, held_map = measure(queries, test_neighbours), measure(patches[held_rows], held_neighbours)
         else:
@@ -151,7 +159,7 @@ def evaluate(config: ml_collections.ConfigDict, data: protocols.ProtocolData, ra
         held_out = add_patch_knn_scores(train, test, names, config.eval.patch_bank_size, config.seed,
                                         config.eval.patch_knn_neighbours, config.eval.patch_knn_radius,
                                         config.eval.patch_knn_distance, config.eval.patch_knn_ridge_penalty,
-                                        config.eval.patch_knn_window)
+                                        config.eval.patch_knn_window, config.eval.patch_knn_neighbours_on)
         held_out_stats = fusion.normal_statistics(held_out)
         stats |= held_out_stats
         patch_weights = tuple(float(w) for w in config.eval.patch_knn_weights) or weights

@@ -142,6 +142,7 @@ INVALID = [
     ("default", "eval.patch_knn_ridge_penalty", 0.0),
     ("default", "eval.patch_knn_window", 0),
     ("default", "eval.patch_knn_weights", (1.0, 0.0)),  # one weight per scale
+    ("default", "eval.patch_knn_neighbours_on", "shallowest"),
     ("default", "stage1.local_anomalies", ("scar",)),  # without model.local_head
     ("default", "stage1.local_anomalies", ("rotation",)),
     ("default", "model.local_head", True),  # without stage1.local_anomalies
@@ -402,5 +403,6 @@ def test_fashion_mnist_cpu_local_preset_changes_stage1_crops_and_the_patch_knn_o
     assert local.stage1.augment.crop_scale_min == 1.0
     assert local.eval.patch_knn and local.eval.patch_knn_distance == "image_ridge"
     assert local.eval.patch_knn_window == 2 and tuple(local.eval.patch_knn_weights) == (1.0, 0.0, 0.0)
+    assert local.eval.patch_knn_neighbours_on == "same"
     assert tuple(local.eval.score_weights) == tuple(one_class.eval.score_weights)  # the image scorers keep all scales
     config_lib.validate(local)

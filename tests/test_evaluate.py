@@ -184,23 +184,28 @@ def test_spade_patch_knn_compares_each_place_with_the_nearest_images_never_with_
                                       ["scale2"], bank_size=1, seed=0, neighbours=6)
 
 
-@pytest.mark.parametrize("distance,window", [("ridge", 1), ("ridge", 2), ("image_ridge", 1), ("image_ridge", 2)])
-def test_ridge_patch_knn_reconstructs_from_the_nearest_other_images(distance, window):
+@pytest.mark.parametrize("distance,window,neighbours_on", [("ridge", 1, "deepest"), ("ridge", 2, "deepest"),
+                                                           ("image_ridge", 1, "deepest"), ("image_ridge", 2, "deepest"),
+                                                           ("image_ridge", 2, "same")])
+def test_ridge_patch_knn_reconstructs_from_the_nearest_other_images(distance, window, neighbours_on):
     rng = np.random.default_rng(2)
     train = {"patches/scale2": rng.normal(size=(7, 2, 2, 3)), "patches/scale3": rng.normal(size=(7, 1, 1, 4))}
     originals = {k: v.copy() for k, v in train.items()}
     test = {k: rng.normal(size=(2, *v.shape[1:])) for k, v in train.items()}
     queries = {k: v.copy() for k, v in test.items()}
     held_out = evaluate.add_patch_knn_scores(train, test, ["scale2", "scale3"], bank_size=1, seed=0, neighbours=2,
-                                             distance=distance, penalty=0.5, window=window)
+                                             distance=distance, penalty=0.5, window=window, neighbours_on=neighbours_on)
     unit = lambda a: a / np.linalg.norm(a, axis=-1, keepdims=True)  # noqa: E731
-    deepest, deepest_queries = (unit(x["patches/scale3"].reshape(len(x["patches/scale3"]), -1))
-                                for x in (originals, queries))
-    similarity = deepest @ deepest.T
-    np.fill_diagonal(similarity, -np.inf)  # held-out images are searched with themselves left out
-    held_neighbours = np.argsort(-similarity, axis=1)[:, :2]
-    test_neighbours = np.argsort(-(deepest_queries @ deepest.T), axis=1)[:, :2]
+    picked_by = set()
     for n in ("scale2", "scale3"):
+        chooser = n if neighbours_on == "same" else "scale3"  # scale3 is the deepest
+        bank, bank_queries = (unit(x[f"patches/{chooser}"].reshape(len(x[f"patches/{chooser}"]), -1))
+                              for x in (originals, queries))
+        similarity = bank @ bank.T
+        np.fill_diagonal(similarity, -np.inf)  # held-out images are searched with themselves left out
+        held_neighbours = np.argsort(-similarity, axis=1)[:, :2]
+        test_neighbours = np.argsort(-(bank_queries @ bank.T), axis=1)[:, :2]
+        picked_by.add((held_neighbours.tobytes(), test_neighbours.tobytes()))
         maps = originals[f"patches/{n}"]
         # each ridge distance itself is checked against a float64 least squares in test_knn.
         want_held = knn.aligned_map(distance, maps, maps, held_neighbours, penalty=0.5, window=window)
@@ -208,3 +213,5 @@ def test_ridge_patch_knn_reconstructs_from_the_nearest_other_images(distance, wi
         np.testing.assert_allclose(held_out[f"patch_knn/{n}"], want_held.reshape(7, -1).max(axis=1), rtol=1e-4)
         np.testing.assert_allclose(test[f"patch_map/{n}"], want_test, rtol=1e-4)
         np.testing.assert_allclose(test[f"patch_knn/{n}"], want_test.reshape(2, -1).max(axis=1), rtol=1e-4)
+    # With 'same' the two scales pick different neighbours here, so the check above can tell the two apart.
+    assert len(picked_by) == (2 if neighbours_on == "same" else 1)

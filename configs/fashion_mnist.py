@@ -44,8 +44,8 @@ def get_config(arg: str | None = None):
             c.eval.patch_knn_distance = "image_ridge"
             c.eval.patch_knn_window = 2
             c.eval.patch_knn_weights = (1.0, 0.0, 0.0)
-            # Its K nearest images picked on the 14x14 map too: cutpaste 89.71 vs 89.37,
-            # scar 78.00 vs 77.63 (same weights, seeds 0-2).
+            # Its K nearest images picked on the 14x14 map too: cutpaste 89.71 +- 0.53 vs
+            # 89.37, scar 78.00 +- 0.53 vs 77.63 (same weights, seeds 0-2).
             c.eval.patch_knn_neighbours_on = "same"
         c.stage1.augment.jitter_prob = 0.0
         # The raw-pixel kNN beside kNN + rotation (same weights, ten classes): mean 93.98 ->

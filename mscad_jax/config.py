@@ -489,6 +489,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     if config.eval.patch_knn_distance == "image_ridge" and config.eval.patch_knn_radius:
         _fail("eval.patch_knn_radius", config.eval.patch_knn_radius, "image_ridge fits whole maps, with no slack "
               "per position: use 0")
+    if config.eval.patch_knn_neighbours_on != "deepest" and config.eval.patch_knn_neighbours == 0:
+        _fail("eval.patch_knn_neighbours_on", config.eval.patch_knn_neighbours_on, "picks nearest images: needs "
+              "eval.patch_knn_neighbours > 0 (0 is a bank of patches from anywhere)")
     if config.eval.patch_knn_window > 1 and not ridge:
         _fail("eval.patch_knn_window", config.eval.patch_knn_window, "averages a signed residual: needs "
               f"eval.patch_knn_distance in {', '.join(RIDGE_DISTANCES)}")

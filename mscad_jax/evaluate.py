@@ -74,12 +74,13 @@ def add_patch_knn_scores(train: dict[str, np.ndarray], test: dict[str, np.ndarra
     position of half of the training images, cosine distance to the nearest; the other
     half is held out. `neighbours=K`: the patches within `radius` positions of the same
     place in the K nearest normal training images (cosine on the deepest scale's flattened
-    map, or with `neighbours_on='same'` on each scale's own), measured by `distance`: 'nearest', SPADE's cosine distance to the closest, or
-    'ridge', the residual of a ridge reconstruction out of them (`penalty`, `window`;
-    knn.aligned_ridge_residual), or 'image_ridge', the residual of one ridge
-    reconstruction of the whole map out of those images' maps (knn.image_ridge_residual;
-    `radius` does not apply). Held out is a seeded subset of up to `MAX_HELD_OUT`
-    training images, each searched with itself left out.
+    map, or with `neighbours_on='same'` on each scale's own), measured by `distance`:
+    'nearest', SPADE's cosine distance to the closest, or 'ridge', the residual of a ridge
+    reconstruction out of them (`penalty`, `window`; knn.aligned_ridge_residual), or
+    'image_ridge', the residual of one ridge reconstruction of the whole map out of those
+    images' maps (knn.image_ridge_residual; `radius` does not apply). Held out is a
+    seeded subset of up to `MAX_HELD_OUT` training images, each searched with itself left
+    out.
     """
     rng = np.random.default_rng([seed, 9])
     count = len(train[f"patches/{names[0]}"])

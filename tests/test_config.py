@@ -179,7 +179,13 @@ def test_ridge_patch_knn_needs_neighbours_and_says_what_the_bank_takes():
     config_lib.validate(config)
 
 
-def test_patch_knn_window_and_radius_only_where_they_apply():
+def test_patch_knn_window_radius_and_neighbour_map_only_where_they_apply():
+    config = get_config("default")
+    config.eval.patch_knn_neighbours_on = "same"
+    config_lib.validate(config)
+    config.eval.patch_knn_neighbours, config.eval.patch_knn_distance = 0, "nearest"
+    with pytest.raises(ConfigError, match="config.eval.patch_knn_neighbours_on='same'.*patch_knn_neighbours > 0"):
+        config_lib.validate(config)
     config = get_config("default")
     config.eval.patch_knn_window = 3
     config_lib.validate(config)  # the ridge default averages the signed residual

@@ -29,6 +29,7 @@ PROTOCOLS = ("one_class", "unbalanced", "ood")
 ANOMALY_TYPES = ("object", "style", "local")
 MODES = ("train", "evaluate")
 KNN_POOLINGS = ("mean", "flatten")
+KNN_METRICS = ("cosine", "euclidean")
 PATCH_KNN_DISTANCES = ("ridge", "image_ridge", "nearest")
 # The distances that reconstruct from the neighbours (and so take a penalty and a window).
 RIDGE_DISTANCES = ("ridge", "image_ridge")
@@ -127,7 +128,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.score_weights = ()  # w_s per configured scale for the final score; () = all 1.
     c.eval.scorer = ("detector",)  # Standardised scorers summed into the score; see mscad_jax.fusion.SCORERS.
     c.eval.knn_rotations = False  # knn on the pooled features of the image at all four rotations (test-time ensemble).
-    c.eval.knn_k = 5  # Neighbours of the knn scorer (cosine distance of pooled features to normal training images).
+    c.eval.knn_k = 5  # Neighbours of the knn scorer (distance of its feature vectors to normal training images).
+    c.eval.knn_metric = "cosine"  # knn distance: cosine (L2-normalised vectors) | euclidean (raw vectors: keeps their norm).
     c.eval.knn_pooling = "mean"  # knn vectors: mean (GAP of each scale) | flatten (keeps where each feature is).
     c.eval.pixel_floor = True  # Also report the raw-pixel 5-NN AUROC of the same split (the floor to clear).
     c.eval.patch_knn = False  # Also measure auroc_patch_knn and its pixel AUROC (per position; costs memory).
@@ -427,6 +429,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
               "model.rotation_head=True is trained on rotated copies: set True (or the head False)")
     if config.eval.knn_pooling not in KNN_POOLINGS:
         _fail("eval.knn_pooling", config.eval.knn_pooling, f"allowed: {', '.join(KNN_POOLINGS)}")
+    if config.eval.knn_metric not in KNN_METRICS:
+        _fail("eval.knn_metric", config.eval.knn_metric, f"allowed: {', '.join(KNN_METRICS)}")
     if config.eval.knn_k < 1:
         _fail("eval.knn_k", config.eval.knn_k, "must be a positive integer")
 

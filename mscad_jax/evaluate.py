@@ -152,7 +152,7 @@ def evaluate(config: ml_collections.ConfigDict, data: protocols.ProtocolData, ra
                          config.eval.batch_size, mesh, keep_maps=False)
     chosen = config_lib.scorer_names(config)
     state, spec = scorer.fit(train, variables, tuple(names), weights, chosen, config.eval.knn_k,
-                             normal_images=normal_train)
+                             normal_images=normal_train, knn_metric=config.eval.knn_metric)
     score_jit = parallel.jit_over_batch(scorer.make_scorer(raw_fn, spec), mesh, 1)
     test = score_images(score_jit, (parallel.replicate(state, mesh),), data.test_images, config.eval.batch_size, mesh)
     stats = {k: tuple(map(float, v)) for k, v in state["stats"].items()}

@@ -125,6 +125,7 @@ def export(workdir: str, output: str, platforms: list[str] | None = None) -> dic
         "scorers": list(spec.scorers),
         "available_scorers": list(spec.available),
         "knn_k": spec.knn_k,
+        "knn_metric": spec.knn_metric,
         "normal_statistics": {
             "per_scale": {k: {"mean": float(v[0]), "std": float(v[1])} for k, v in state["stats"].items()},
             "per_scorer": {k: {"mean": float(v[0]), "std": float(v[1])} for k, v in state["scorer_stats"].items()}},

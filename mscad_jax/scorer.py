@@ -2,8 +2,8 @@
 per-scale scores and the localisation map.
 
 `fit` measures what a score depends on beyond the trained weights, on normal training
-images: the k-NN bank (their L2-normalised pooled features per scale; with the
-`pixel_knn` scorer also the images themselves), the normal
+images: the k-NN bank (their pooled or flattened features per scale, L2-normalised for
+the cosine metric; with the `pixel_knn` scorer also the images themselves), the normal
 statistics (mean, std) of every per-scale score and of every scorer, and the threshold
 (a percentile of their final scores). Together with the frozen stage-1 variables and the
 stage-2 detector it forms the scorer state, a pytree of arrays. `make_scorer` returns the
@@ -14,9 +14,9 @@ artifact, so the three cannot disagree.
 Outputs, per image: 'score' (the sum of the chosen scorers, each standardised on normal
 data), 'score/<scorer>' for every scorer the model has, the raw per-scale scores
 '<prefix>/<scale>' (a: detector distance, a0: training-free energy, knn: k-NN cosine
-distance, patch_memory: worst patch's distance to the memory, local: the segmentation
-head's largest logit), 'pixel_knn' (the raw-pixel k-NN distance, the floor every result
-is published beside, when it is a chosen scorer) and 'map' [H, W] (see
+or Euclidean distance, patch_memory: worst patch's distance to the memory, local: the
+segmentation head's largest logit), 'pixel_knn' (the raw-pixel k-NN distance, the floor
+every result is published beside, when it is a chosen scorer) and 'map' [H, W] (see
 fusion.localisation_maps).
 """
 
@@ -49,11 +49,13 @@ class ScorerSpec:
     available: tuple[str, ...]  # every scorer the model produces
     knn_k: int
     threshold_percentile: float = THRESHOLD_PERCENTILE
+    knn_metric: str = "cosine"  # of the knn scorer: cosine | euclidean (eval.knn_metric)
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "ScorerSpec":
+        # A field missing from an older spec.json keeps its default (knn_metric: cosine).
         return cls(**{f.name: tuple(d[f.name]) if isinstance(d[f.name], list) else d[f.name]
-                      for f in dataclasses.fields(cls)})
+                      for f in dataclasses.fields(cls) if f.name in d})
 
 
 def knn_distance(features: jax.Array, bank: jax.Array, k: int) -> jax.Array:
@@ -63,17 +65,25 @@ def knn_distance(features: jax.Array, bank: jax.Array, k: int) -> jax.Array:
     return jnp.mean(1.0 - jax.lax.top_k(similarity, k)[0], axis=-1)
 
 
-def pixel_knn_distance(images: jax.Array, bank: jax.Array, k: int) -> jax.Array:
-    """Mean Euclidean distance, on [0, 1] pixels, of each uint8 image to its k nearest
-    images of the uint8 `bank` (the jitted counterpart of knn.knn_distance(..., 'euclidean'))."""
-    pixels = lambda x: x.reshape(x.shape[0], -1).astype(jnp.float32) / 255.0  # noqa: E731
-    queries, rows = pixels(images), pixels(bank)
-    # |q - b|^2 expanded; HIGHEST keeps the cross term exact where the default would round
-    # it (TF32 on GPUs), since the expansion subtracts numbers of similar size.
-    cross = jnp.matmul(queries, rows.T, precision=jax.lax.Precision.HIGHEST)
-    squared = jnp.sum(queries ** 2, -1)[:, None] - 2.0 * cross + jnp.sum(rows ** 2, -1)[None, :]
+def euclidean_knn_distance(queries: jax.Array, bank: jax.Array, k: int) -> jax.Array:
+    """Mean Euclidean distance of each row of `queries` to its k nearest rows of `bank`
+    (the jitted counterpart of knn.knn_distance(..., 'euclidean'))."""
+    # |q - b|^2 expanded, which subtracts numbers of similar size: both sides are centred
+    # on the bank's mean first (features are mostly positive, so this shrinks them), and
+    # HIGHEST keeps the cross term exact where the default would round it (TF32 on GPUs).
+    centre = jnp.mean(bank, axis=0)
+    queries, bank = queries - centre, bank - centre
+    cross = jnp.matmul(queries, bank.T, precision=jax.lax.Precision.HIGHEST)
+    squared = jnp.sum(queries ** 2, -1)[:, None] - 2.0 * cross + jnp.sum(bank ** 2, -1)[None, :]
     nearest = -jax.lax.top_k(-squared, k)[0]
     return jnp.mean(jnp.sqrt(jnp.maximum(nearest, 0.0)), axis=-1)
+
+
+def pixel_knn_distance(images: jax.Array, bank: jax.Array, k: int) -> jax.Array:
+    """Mean Euclidean distance, on [0, 1] pixels, of each uint8 image to its k nearest
+    images of the uint8 `bank`."""
+    pixels = lambda x: x.reshape(x.shape[0], -1).astype(jnp.float32) / 255.0  # noqa: E731
+    return euclidean_knn_distance(pixels(images), pixels(bank), k)
 
 
 def fuse(raw: dict[str, Any], state: ScorerState, spec: ScorerSpec) -> dict[str, jax.Array]:
@@ -97,7 +107,8 @@ def make_scorer(raw_fn: Callable, spec: ScorerSpec) -> Callable[[ScorerState, ja
     def score(state: ScorerState, images: jax.Array) -> dict[str, jax.Array]:
         raw = raw_fn(state["frozen"], state["detector"], state["centers"], images)
         for n in spec.names:
-            raw[f"knn/{n}"] = knn_distance(raw.pop(f"feature/{n}"), state["bank"][n], spec.knn_k)
+            distance = euclidean_knn_distance if spec.knn_metric == "euclidean" else knn_distance
+            raw[f"knn/{n}"] = distance(raw.pop(f"feature/{n}"), state["bank"][n], spec.knn_k)
         if "pixel_knn" in spec.available:
             raw["pixel_knn"] = pixel_knn_distance(images, state["pixel_bank"], spec.knn_k)
         return fuse(raw, state, spec)
@@ -108,12 +119,13 @@ def make_scorer(raw_fn: Callable, spec: ScorerSpec) -> Callable[[ScorerState, ja
 def fit(train: dict[str, np.ndarray], variables: dict[str, Any], names: tuple[str, ...],
         weights: tuple[float, ...], scorers: tuple[str, ...], knn_k: int,
         threshold_percentile: float = THRESHOLD_PERCENTILE,
-        normal_images: np.ndarray | None = None) -> tuple[ScorerState, ScorerSpec]:
+        normal_images: np.ndarray | None = None, knn_metric: str = "cosine") -> tuple[ScorerState, ScorerSpec]:
     """The scorer state from `train`, the raw scores of normal training images.
 
     `variables` holds 'frozen', 'detector' and 'centers'. Each training image's k-NN
     score leaves the image itself out of the bank (scikit-learn's search), so its
-    statistics are those of an unseen normal image. `normal_images` (uint8, the images
+    statistics are those of an unseen normal image. `knn_metric` is that score's distance
+    (cosine, or euclidean on the unnormalised vectors). `normal_images` (uint8, the images
     `train` was scored on) are the bank of the `pixel_knn` scorer, kept only when it is
     chosen: it costs an image per bank row.
     """
@@ -121,8 +133,10 @@ def fit(train: dict[str, np.ndarray], variables: dict[str, Any], names: tuple[st
     bank = {}
     for n in names:
         features = train.pop(f"feature/{n}")
-        bank[n] = np.asarray(losses.l2_normalize(jnp.asarray(features)))
-        train[f"knn/{n}"] = knn.knn_distance(features, None, knn_k)
+        # The cosine bank is stored normalised, so that scoring is one product.
+        bank[n] = np.asarray(losses.l2_normalize(jnp.asarray(features)) if knn_metric == "cosine" else features,
+                             np.float32)
+        train[f"knn/{n}"] = knn.knn_distance(features, None, knn_k, knn_metric)
     pixel_bank = {}
     if "pixel_knn" in scorers:
         if normal_images is None:
@@ -140,7 +154,7 @@ def fit(train: dict[str, np.ndarray], variables: dict[str, Any], names: tuple[st
     state = {**variables, "bank": bank, **pixel_bank, "stats": stats, "scorer_stats": scorer_stats,
              "threshold": np.float32(np.percentile(final, threshold_percentile))}
     spec = ScorerSpec(tuple(names), tuple(float(w) for w in weights), tuple(scorers), tuple(by_scorer), int(knn_k),
-                      float(threshold_percentile))
+                      float(threshold_percentile), knn_metric)
     return state, spec
 
 

@@ -150,6 +150,7 @@ INVALID = [
     ("default", "eval.scorer", ("local",)),
     ("default", "stage2.pooling", "max"),
     ("default", "eval.knn_pooling", "max"),
+    ("default", "eval.knn_metric", "manhattan"),
     ("default", "stage2.synthetic_anomalies", ("rotation", "blur")),
     ("fashion_mnist", "eval.scorer", ("patch_knn",)),  # measured beside the score only
 ]

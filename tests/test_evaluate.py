@@ -26,18 +26,22 @@ def _reference_scores(model, frozen, det, params, centers, images, names):
     return scores, {n: f64(emb[n]) for n in names}
 
 
-def _cosine_knn(bank, queries, k, leave_out_self):
+def _knn_reference(bank, queries, k, leave_out_self, metric="cosine"):
     unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
-    distance = 1.0 - unit(queries) @ unit(bank).T
+    if metric == "cosine":
+        distance = 1.0 - unit(queries) @ unit(bank).T
+    else:
+        distance = np.linalg.norm(queries[:, None] - bank[None], axis=-1)
     if leave_out_self:
         np.fill_diagonal(distance, np.inf)
     return np.sort(distance, axis=1)[:, :k].mean(axis=1)
 
 
-def test_scores_statistics_and_fusion_match_a_numpy_reference(tiny_config, random_images, tmp_path):
+@pytest.mark.parametrize("knn_metric", ["cosine", "euclidean"])
+def test_scores_statistics_and_fusion_match_a_numpy_reference(tiny_config, random_images, tmp_path, knn_metric):
     weights = (1.0, 0.5, 2.0)
     config = tiny_config(**{"eval.batch_size": 4, "eval.scorer": ("detector", "a0", "knn", "pixel_knn"),
-                            "eval.knn_k": 2, "eval.plots": False, "eval.score_weights": weights, "protocol": "unbalanced"})
+                            "eval.knn_k": 2, "eval.knn_metric": knn_metric, "eval.plots": False, "eval.score_weights": weights, "protocol": "unbalanced"})
     names = anomem.scale_names(config.model.scales)
     train_images = random_images(11)
     labelled = np.zeros(11, bool)
@@ -67,8 +71,8 @@ def test_scores_statistics_and_fusion_match_a_numpy_reference(tiny_config, rando
     test, _ = _reference_scores(model, frozen, det, state.params, state.centers, test_images, names)
     for n in names:
         bank = train[f"feature/{n}"]
-        train[f"knn/{n}"] = _cosine_knn(bank, bank, 2, leave_out_self=True)
-        test[f"knn/{n}"] = _cosine_knn(bank, test[f"feature/{n}"], 2, leave_out_self=False)
+        train[f"knn/{n}"] = _knn_reference(bank, bank, 2, True, knn_metric)
+        test[f"knn/{n}"] = _knn_reference(bank, test[f"feature/{n}"], 2, False, knn_metric)
     pixels = lambda x: np.asarray(x, np.float64).reshape(len(x), -1) / 255.0  # noqa: E731
     normal_pixels = pixels(train_images[~labelled])
     euclidean = lambda q: np.linalg.norm(q[:, None] - normal_pixels[None], axis=-1)  # noqa: E731

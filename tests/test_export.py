@@ -2,6 +2,7 @@
 the default (digits) dataset: the exported scores are the evaluation's scores."""
 
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -13,7 +14,7 @@ import pytest
 from PIL import Image
 
 from mscad_jax import config as config_lib
-from mscad_jax import export, exported, plots, score, train
+from mscad_jax import export, exported, plots, score, scorer, train
 from mscad_jax.data import protocols
 
 from conftest import make_tiny_config
@@ -30,10 +31,12 @@ def _read_csv(path):
 
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
-    """A finished tiny digits job (rotation head, four scorers summed) and its export."""
+    """A finished tiny digits job (rotation head, four scorers summed, the Euclidean
+    kNN of the digits config) and its export."""
     root = tmp_path_factory.mktemp("export")
     config = config_lib.chosen_method(make_tiny_config(dataset="digits", normal_class=0))
     config.eval.scorer = ("knn", "rotation", "detector", "pixel_knn")
+    config.eval.knn_metric = "euclidean"
     config.eval.plots = False
     workdir, artifact = str(root / "run"), str(root / "model")
     results = train.train_and_evaluate(config, workdir)
@@ -61,7 +64,7 @@ def test_metadata_describes_the_model(job):
     meta = job["metadata"]
     assert meta["input"] == {"dtype": "uint8", "shape": ["N", 8, 8, 1], "image_size": 8, "channels": 1}
     assert meta["platforms"] == ["cpu"] and meta["scales"] == ["scale2", "scale3", "scale4"]
-    assert meta["scorers"] == ["knn", "rotation", "detector", "pixel_knn"]
+    assert meta["scorers"] == ["knn", "rotation", "detector", "pixel_knn"] and meta["knn_metric"] == "euclidean"
     assert meta["threshold"] == pytest.approx(job["results"]["threshold"])
     assert meta["class_names"] == [str(k) for k in range(10)] and meta["normal_class"] == 0
     assert set(meta["files"]) == {exported.MODEL_FILE, exported.WEIGHTS_FILE}
@@ -74,6 +77,13 @@ def test_metadata_describes_the_model(job):
     normal = job["data"].train_images
     flagged = np.mean(exported.load(job["artifact"]).score(normal)["score"] > meta["threshold"])
     assert 0.0 < flagged < 0.3
+
+
+def test_a_scorer_spec_from_before_knn_metric_reads_as_cosine():
+    spec = scorer.ScorerSpec(("scale2",), (1.0,), ("knn",), ("knn",), 5)
+    written = dataclasses.asdict(spec)
+    del written["knn_metric"]
+    assert scorer.ScorerSpec.from_json(json.loads(json.dumps(written))) == spec
 
 
 def test_loading_needs_neither_flax_nor_the_training_code(job):

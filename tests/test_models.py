@@ -8,14 +8,15 @@ import numpy as np
 import pytest
 
 from mscad_jax.models import anomem, detector, memory, resnet
+from conftest import init_variables, jitted_apply
 
 
 @pytest.mark.parametrize("depth", [10, 18, 50])
 def test_resnet_returns_every_stage(depth):
     model = resnet.ResNet(depth=depth, width=4)
     x = jnp.ones((2, 16, 16, 3))
-    variables = model.init(jax.random.key(0), x, train=False)
-    maps = model.apply(variables, x, train=False)
+    variables = init_variables(model, jax.random.key(0), x, train=False)
+    maps = jitted_apply(model, train=False)(variables, x)
     assert len(maps) == 4
     for s, f in enumerate(maps, start=1):
         side = 16 // 2 ** (s - 1)
@@ -25,8 +26,8 @@ def test_resnet_returns_every_stage(depth):
 def test_resnet_train_mode_updates_batch_stats():
     model = resnet.ResNet(depth=10, width=4)
     x = jax.random.normal(jax.random.key(1), (4, 8, 8, 1))
-    variables = model.init(jax.random.key(0), x, train=False)
-    _, updated = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    variables = init_variables(model, jax.random.key(0), x, train=False)
+    _, updated = jitted_apply(model, train=True, mutable=["batch_stats"])(variables, x)
     before = jax.tree.leaves(variables["batch_stats"])
     after = jax.tree.leaves(updated["batch_stats"])
     assert any(not np.allclose(a, b) for a, b in zip(before, after))
@@ -65,15 +66,15 @@ def test_projected_memory_has_projections_and_keeps_the_channel_count():
 def test_anomem_outputs_per_configured_scale():
     model = anomem.AnoMem(depth=10, width=4, scales=(1, 3), num_slots=8, proj_dim=6)
     x = jnp.ones((4, 16, 16, 1))
-    variables = model.init(jax.random.key(0), x, train=False)
+    variables = init_variables(model, jax.random.key(0), x, train=False)
     assert {"memory_scale1", "memory_scale3", "head_scale1", "head_scale3"} <= set(variables["params"])
-    out = model.apply(variables, x, train=False)
+    out = jitted_apply(model, train=False)(variables, x)
     assert set(out) == {"scale1", "scale3"}
     assert out["scale1"]["features"].shape == (4, 16, 16, 4)
     assert out["scale3"]["retrieved"].shape == (4, 4, 4, 16)
     assert out["scale3"]["attention"].shape == (4, 4, 4, 8)
     assert out["scale1"]["u"].shape == out["scale1"]["v"].shape == (4, 6)
-    no_heads = model.apply(variables, x, train=False, heads=False)
+    no_heads = jitted_apply(model, train=False, heads=False)(variables, x)
     assert "u" not in no_heads["scale1"]
 
 
@@ -106,8 +107,8 @@ def test_flatten_detector_sees_where_a_deviation_is():
 def test_rotation_head_predicts_four_classes_from_the_deepest_scale():
     model = anomem.AnoMem(depth=10, width=4, scales=(2, 3), num_slots=4, proj_dim=4, rotation_head=True)
     x = jnp.asarray(np.random.default_rng(0).random((3, 8, 8, 1)), jnp.float32)
-    variables = model.init(jax.random.key(0), x, train=False)
-    out = model.apply(variables, x, train=False)
+    variables = init_variables(model, jax.random.key(0), x, train=False)
+    out = jitted_apply(model, train=False)(variables, x)
     assert out[anomem.ROTATION_LOGITS].shape == (3, anomem.NUM_ROTATIONS)
     assert variables["params"]["rotation_head"]["kernel"].shape == (16, anomem.NUM_ROTATIONS)  # scale 3: 4 * 2**2
     np.testing.assert_array_equal(anomem.rotate(anomem.rotate(x, 1), 3), x)

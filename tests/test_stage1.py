@@ -10,6 +10,7 @@ from clu import metric_writers
 from mscad_jax import losses, loop, parallel, stage1
 from mscad_jax.data import anomalies, input_pipeline
 from mscad_jax.models import anomem
+from conftest import init_variables, jitted_apply
 
 
 def _setup(config, images, devices):
@@ -21,6 +22,19 @@ def _setup(config, images, devices):
     state = stage1.create_state(model, tx, config.seed, images.shape[1:], mesh)
     step = stage1.make_train_step(model, tx, hp, stage1.learning_rate_schedule(config, per_epoch), mesh)
     return mesh, state, step
+
+
+def jitted_loss(model, hp):
+    """stage1.loss_and_metrics under jit, as the step runs it (eager, every op would
+    compile on its own: minutes for one loss on two cores)."""
+    def loss(params, batch_stats, views, labelled, rotation, local_masks=None):
+        return stage1.loss_and_metrics(params, batch_stats, model, views, labelled, rotation, hp, local_masks)
+
+    return jax.jit(loss)
+
+
+def jitted_views(key, images, hp):
+    return jax.jit(stage1.shifted_views, static_argnums=2)(key, images, hp)
 
 
 MULTIHOST_STEPS = 3
@@ -180,13 +194,12 @@ def test_stage1_loss_with_labelled_anomalies_and_every_term_matches_reference(ti
         "stage1.rotation_weight": 0.6})
     hp = stage1.Stage1Hparams.from_config(config)
     model = anomem.AnoMem(**config.model)
-    variables = model.init(jax.random.key(1), np.zeros((2, 8, 8, 1), np.float32), train=False)
+    variables = init_variables(model, jax.random.key(1), (2, 8, 8, 1), train=False)
     labelled_images = np.array([False, True, False])
-    views, rotation = stage1.shifted_views(jax.random.key(2), input_pipeline.to_float(random_images(3)), hp)
+    views, rotation = jitted_views(jax.random.key(2), input_pipeline.to_float(random_images(3)), hp)
     labelled = np.tile(labelled_images, 4)
-    loss, (_, metrics) = stage1.loss_and_metrics(variables["params"], variables["batch_stats"], model, views,
-                                                 labelled, rotation, hp)
-    out, _ = model.apply(variables, views, train=True, mutable=["batch_stats"])
+    loss, (_, metrics) = jitted_loss(model, hp)(variables["params"], variables["batch_stats"], views, labelled, rotation)
+    out, _ = jitted_apply(model, train=True, mutable=["batch_stats"])(variables, views)
     out = jax.tree.map(lambda x: np.asarray(x, np.float64), out)
     unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
     normal = ~labelled
@@ -230,11 +243,12 @@ def test_synthetic_anomalies_enter_stage1_as_labelled_copies(tiny_config, random
     labelled anomaly; its loss is the loss of that enlarged batch."""
     config = tiny_config(**{"stage1.synthetic_anomalies": ("cutpaste", "scar"), "stage1.batch_size": 4})
     hp, model, state, step, batch, key, floats = _first_step(config, random_images(4))
-    corrupted = anomalies.synthetic_anomalies(jax.random.fold_in(key, 1), floats, ("cutpaste", "scar"))
+    corrupted = jax.jit(anomalies.synthetic_anomalies, static_argnums=2)(jax.random.fold_in(key, 1), floats,
+                                                                         ("cutpaste", "scar"))
     assert not np.array_equal(corrupted, floats)
-    views, rotation = stage1.shifted_views(key, np.concatenate([floats, corrupted]), hp)
+    views, rotation = jitted_views(key, np.concatenate([floats, corrupted]), hp)
     labelled = np.array([False] * 4 + [True] * 4)
-    want, (_, metrics) = stage1.loss_and_metrics(state.params, state.batch_stats, model, views, labelled, rotation, hp)
+    want, (_, metrics) = jitted_loss(model, hp)(state.params, state.batch_stats, views, labelled, rotation)
     assert all(metrics[f"{name}/repulsion"] > 0 for name in hp.scale_names)  # the copies are repelled
     _, got = step(state, batch)
     np.testing.assert_allclose(parallel.fetch(got)["loss"], want, rtol=1e-5)
@@ -245,10 +259,11 @@ def test_reconstruction_moves_the_memory_not_the_encoder(tiny_config, random_ima
                             "stage1.reconstruction_weight": 1.0})
     hp = stage1.Stage1Hparams.from_config(config)
     model = anomem.AnoMem(**config.model)
-    variables = model.init(jax.random.key(1), np.zeros((2, 8, 8, 1), np.float32), train=False)
-    views, rotation = stage1.shifted_views(jax.random.key(2), input_pipeline.to_float(random_images(4)), hp)
-    grads = jax.grad(lambda p: stage1.loss_and_metrics(p, variables["batch_stats"], model, views,
-                                                       np.zeros(4, bool), rotation, hp)[0])(variables["params"])
+    variables = init_variables(model, jax.random.key(1), (2, 8, 8, 1), train=False)
+    views, rotation = jitted_views(jax.random.key(2), input_pipeline.to_float(random_images(4)), hp)
+    loss = jitted_loss(model, hp)
+    grads = jax.grad(lambda p: loss(p, variables["batch_stats"], views, np.zeros(4, bool), rotation)[0])(
+        variables["params"])
     assert all(float(np.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads["encoder"]))
     assert float(np.abs(grads["memory_scale3"]["slots"]).max()) > 0.0
 
@@ -260,19 +275,19 @@ def test_local_anomalies_add_a_segmentation_term_on_pasted_views(tiny_config, ra
     config = tiny_config(**{"stage1.local_anomalies": ("scar",), "model.local_head": True,
                             "stage1.local_weight": 0.5, "stage1.batch_size": 4})
     hp, model, state, step, batch, key, floats = _first_step(config, random_images(4))
-    views, rotation = stage1.shifted_views(key, floats, hp)
-    pasted, masks = anomalies.local_anomaly_mix(jax.random.fold_in(key, 2), views[: len(rotation)], ("scar",))
+    views, rotation = jitted_views(key, floats, hp)
+    pasted, masks = jax.jit(anomalies.local_anomaly_mix, static_argnums=2)(jax.random.fold_in(key, 2),
+                                                                           views[: len(rotation)], ("scar",))
     assert float(masks.sum()) > 0
     all_views, labelled = np.concatenate([views, pasted]), np.zeros(len(rotation), bool)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    logits = model.apply(variables, all_views, train=True, mutable=["batch_stats"])[0]
+    logits = jitted_apply(model, train=True, mutable=["batch_stats"])(variables, all_views)[0]
     plain = np.zeros((2 * len(rotation),) + masks.shape[1:], np.float32)
     want_terms = {n: losses.local_segmentation(logits[n]["local_logits"], np.concatenate([plain, masks]))
                   for n in hp.scale_names}
-    loss, (_, metrics) = stage1.loss_and_metrics(state.params, state.batch_stats, model, all_views, labelled, rotation,
-                                                 hp, masks)
-    without, _ = stage1.loss_and_metrics(state.params, state.batch_stats, model, all_views, labelled, rotation,
-                                         dataclasses.replace(hp, local_weight=0.0), masks)
+    loss, (_, metrics) = jitted_loss(model, hp)(state.params, state.batch_stats, all_views, labelled, rotation, masks)
+    without, _ = jitted_loss(model, dataclasses.replace(hp, local_weight=0.0))(
+        state.params, state.batch_stats, all_views, labelled, rotation, masks)
     for n in hp.scale_names:
         np.testing.assert_allclose(metrics[f"{n}/local_segmentation"], want_terms[n], rtol=1e-5)
     np.testing.assert_allclose(loss - without, 0.5 * sum(want_terms.values()), rtol=1e-4)

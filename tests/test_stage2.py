@@ -9,6 +9,7 @@ from clu import metric_writers
 from mscad_jax import losses, parallel, stage1, stage2
 from mscad_jax.data import anomalies, input_pipeline
 from mscad_jax.models import anomem
+from conftest import init_variables, jitted_apply
 
 
 def _frozen(config, images, mesh):
@@ -25,8 +26,8 @@ def test_no_gradient_reaches_the_frozen_encoder_and_memories(tiny_config, random
     model, frozen = _frozen(config, images, mesh)
     det = stage2.make_detector(config)
     names = det.scale_names
-    params = det.init(jax.random.key(0), stage2.deviation_maps(
-        stage2.frozen_outputs(model, frozen, jnp.zeros((1, 8, 8, 1))), names))
+    params = init_variables(det, jax.random.key(0), stage2.deviation_maps(
+        jax.jit(stage2.frozen_outputs, static_argnums=0)(model, frozen, jnp.zeros((1, 8, 8, 1))), names))
     centers = {n: jnp.full((config.stage2.embed_dim,), 0.1) for n in names}
     x = input_pipeline.to_float(images)
 
@@ -35,7 +36,7 @@ def test_no_gradient_reaches_the_frozen_encoder_and_memories(tiny_config, random
         dist = stage2.distances(det.apply(det_params, deviations), centers, names)
         return losses.deep_sad_loss(dist, jnp.zeros(8, bool))
 
-    g_frozen, g_det = jax.grad(loss, argnums=(0, 1))(frozen, params)
+    g_frozen, g_det = jax.jit(jax.grad(loss, argnums=(0, 1)))(frozen, params)
     assert all(float(jnp.max(jnp.abs(g))) == 0.0 for g in jax.tree.leaves(g_frozen))
     assert any(float(jnp.max(jnp.abs(g))) > 0.0 for g in jax.tree.leaves(g_det))
 
@@ -47,15 +48,16 @@ def test_stage2_loss_matches_a_float64_reference(tiny_config, random_images):
     mesh = parallel.make_mesh(jax.devices()[:1])
     model, frozen = _frozen(config, images, mesh)
     det = stage2.make_detector(config)
-    deviations = stage2.deviation_maps(stage2.frozen_outputs(model, frozen, input_pipeline.to_float(images)),
-                                       det.scale_names)
-    params = det.init(jax.random.key(1), deviations)
+    outputs = jax.jit(stage2.frozen_outputs, static_argnums=0)(model, frozen, input_pipeline.to_float(images))
+    deviations = stage2.deviation_maps(outputs, det.scale_names)
+    params = init_variables(det, jax.random.key(1), deviations)
     rng = np.random.default_rng(0)
     centers = {n: jnp.asarray(rng.normal(size=config.stage2.embed_dim), jnp.float32) for n in det.scale_names}
     labelled = jnp.array([False, True, False, False, True, False])
-    loss, metrics = stage2.loss_and_metrics(params, det, deviations, centers, labelled, 0.7)
+    loss, metrics = jax.jit(stage2.loss_and_metrics, static_argnums=(1, 5))(params, det, deviations, centers,
+                                                                            labelled, 0.7)
 
-    embeddings = {n: np.asarray(e, np.float64) for n, e in det.apply(params, deviations).items()}
+    embeddings = {n: np.asarray(e, np.float64) for n, e in jitted_apply(det)(params, deviations).items()}
     d = np.stack([((embeddings[n] - np.asarray(centers[n], np.float64)) ** 2).sum(-1) for n in det.scale_names], -1)
     lab = np.asarray(labelled)
     expected = np.where(lab[:, None], 0.7 / (d + 1e-6), d).sum(-1).mean()
@@ -98,7 +100,7 @@ def _train_and_score(config, images, labelled, mesh, workdir):
     after = parallel.fetch(score_fn(frozen, trained.params, trained.centers, batch["image"]))
     for a, b in zip(jax.tree.leaves(frozen_before), jax.tree.leaves(parallel.fetch(frozen))):
         np.testing.assert_array_equal(a, b)
-    return det, model, frozen, fresh, before, after
+    return det, model, frozen, fresh, trained, before, after
 
 
 def test_one_class_training_pulls_normal_data_to_the_centres(tiny_config, random_images, tmp_path):
@@ -106,7 +108,7 @@ def test_one_class_training_pulls_normal_data_to_the_centres(tiny_config, random
     images = random_images(16)
     labelled = np.zeros(16, bool)
     mesh = parallel.make_mesh(jax.devices()[:2])
-    det, model, frozen, fresh, before, after = _train_and_score(config, images, labelled, mesh, str(tmp_path))
+    det, model, frozen, fresh, _, before, after = _train_and_score(config, images, labelled, mesh, str(tmp_path))
     # Centres: the mean initial embedding of the normal training data, pushed from 0.
     emb = parallel.fetch(stage2.make_embed_fn(det, model, mesh)(frozen, fresh.params, images))
     for n in det.scale_names:
@@ -125,7 +127,7 @@ def test_unbalanced_training_separates_labelled_anomalies(tiny_config, random_im
     labelled = np.zeros(16, bool)
     labelled[-4:] = True
     mesh = parallel.make_mesh(jax.devices()[:2])
-    det, _, _, _, before, after = _train_and_score(config, images, labelled, mesh, str(tmp_path))
+    det, _, _, _, _, before, after = _train_and_score(config, images, labelled, mesh, str(tmp_path))
     sad = lambda s: float(losses.deep_sad_loss(  # noqa: E731
         np.stack([s[f"a/{n}"] for n in det.scale_names], -1), labelled, config.stage2.eta))
     assert sad(after) < 0.5 * sad(before)
@@ -176,11 +178,9 @@ def test_synthetic_anomalies_train_the_detector_to_separate_them(tiny_config, ra
     images = random_images(16)
     labelled = np.zeros(16, bool)
     mesh = parallel.make_mesh(jax.devices()[:2])
-    det, model, frozen, fresh, before, after = _train_and_score(config, images, labelled, mesh, str(tmp_path))
+    det, model, frozen, _, trained, _, after = _train_and_score(config, images, labelled, mesh, str(tmp_path))
     score_fn = parallel.jit_over_batch(stage2.score_function(det, model), mesh, 3)
     _, batch = next(input_pipeline.eval_batches({"image": np.rot90(images, 1, axes=(1, 2)).copy()}, 16, mesh))
-    _, trained = stage2.train(config, model, frozen, images, labelled, str(tmp_path), mesh,
-                              metric_writers.create_default_writer(str(tmp_path), just_logging=True))
     rotated = parallel.fetch(score_fn(frozen, trained.params, trained.centers, batch["image"]))
     total = lambda s: sum(s[f"a/{n}"] for n in det.scale_names)  # noqa: E731
     assert total(rotated).mean() > total(after).mean()  # rotated images end farther from the centres
@@ -190,9 +190,9 @@ def test_knn_vectors_are_pooled_or_flattened_feature_maps(tiny_config, random_im
     config = tiny_config()
     images = random_images(4)
     model, frozen = _frozen(config, images, parallel.make_mesh(jax.devices()[:1]))
-    features = stage2.frozen_outputs(model, frozen, input_pipeline.to_float(images))
+    features = jax.jit(stage2.frozen_outputs, static_argnums=0)(model, frozen, input_pipeline.to_float(images))
     for how, expect in (("mean", lambda f: f.mean(axis=(1, 2))), ("flatten", lambda f: f.reshape(len(f), -1))):
-        out = stage2.score_function(None, model, knn_pooling=how)(frozen, {}, {}, images)
+        out = jax.jit(stage2.score_function(None, model, knn_pooling=how))(frozen, {}, {}, images)
         for n in anomem.scale_names(config.model.scales):
             np.testing.assert_allclose(out[f"feature/{n}"], expect(np.asarray(features[n]["features"])),
                                        rtol=1e-5, atol=1e-6, err_msg=f"{how} {n}")

@@ -147,6 +147,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.patch_knn_window = 1  # ridge, image_ridge: signed residual averaged over window x window positions before its norm.
     c.eval.patch_knn_neighbours_on = "deepest"  # With neighbours: the map that picks the K nearest images: deepest (one pick for all scales) | same (each scale's own).
     c.eval.patch_knn_weights = ()  # w_s per configured scale for auroc_patch_knn and its maps; () = eval.score_weights.
+    c.eval.patch_knn_pixels = 0.0  # Weight of the raw [0, 1] image as one more patch_knn map (ridge distances, own pixel-picked neighbours); 0 = off.
+    c.eval.patch_knn_pixels_window = 4  # That map's eval.patch_knn_window, in pixels.
     c.eval.linear_eval = False  # Linear probe on frozen pooled features of the full dataset.
     c.eval.linear_eval_max_examples = 20000  # Cap on linear-probe training images.
     c.eval.plots = True  # ROC, histograms, top anomalies with heatmaps.
@@ -496,6 +498,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     if config.eval.patch_knn_neighbours_on != "deepest" and config.eval.patch_knn_neighbours == 0:
         _fail("eval.patch_knn_neighbours_on", config.eval.patch_knn_neighbours_on, "picks nearest images: needs "
               "eval.patch_knn_neighbours > 0 (0 is a bank of patches from anywhere)")
+    if config.eval.patch_knn_pixels < 0:
+        _fail("eval.patch_knn_pixels", config.eval.patch_knn_pixels, "must be >= 0 (0 leaves the pixels out)")
+    if config.eval.patch_knn_pixels and not ridge:
+        _fail("eval.patch_knn_pixels", config.eval.patch_knn_pixels, "scores the pixels by a ridge residual: needs "
+              f"eval.patch_knn_distance in {', '.join(RIDGE_DISTANCES)}")
+    if not isinstance(config.eval.patch_knn_pixels_window, int) or config.eval.patch_knn_pixels_window < 1:
+        _fail("eval.patch_knn_pixels_window", config.eval.patch_knn_pixels_window, "must be an integer >= 1")
     if config.eval.patch_knn_window > 1 and not ridge:
         _fail("eval.patch_knn_window", config.eval.patch_knn_window, "averages a signed residual: needs "
               f"eval.patch_knn_distance in {', '.join(RIDGE_DISTANCES)}")

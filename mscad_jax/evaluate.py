@@ -37,6 +37,11 @@ from mscad_jax.models import anomem
 MAX_STATS_EXAMPLES = 10000
 # Held-out normal training images that give the statistics of SPADE's patch_knn.
 MAX_HELD_OUT = 1000
+# The patch kNN's name for the raw [0, 1] image, scored as one more map (eval.patch_knn_pixels).
+PIXELS = "pixels"
+# Its ridge penalty: the pixel baseline's (experiments/local_pixel_baseline.py; image ridge, window 4,
+# Fashion-MNIST class 0: cutpaste 89.66 / scar 77.52 at 0.1, 89.28 / 77.00 at 1.0).
+PIXEL_RIDGE_PENALTY = 0.1
 
 
 def score_images(score_fn: Callable, args: tuple, images: np.ndarray, batch_size: int, mesh: Mesh,
@@ -52,20 +57,21 @@ def score_images(score_fn: Callable, args: tuple, images: np.ndarray, batch_size
 
 
 def _nearest_images(bank: np.ndarray, queries: np.ndarray, held_rows: np.ndarray,
-                    neighbours: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of the `neighbours` nearest bank maps (cosine, flattened) of every query and
-    of every held-out bank row, [Q, K] and [len(held_rows), K]."""
-    test_neighbours = knn.nearest_rows(bank, queries, neighbours)[1]
+                    neighbours: int, metric: str = "cosine") -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the `neighbours` nearest bank maps (`metric`, flattened) of every query
+    and of every held-out bank row, [Q, K] and [len(held_rows), K]."""
+    test_neighbours = knn.nearest_rows(bank, queries, neighbours, metric)[1]
     # One neighbour more than asked, then each held-out row's own index dropped: it is in
     # the bank, and an image must not be compared with itself.
-    found = knn.nearest_rows(bank, bank[held_rows], neighbours + 1)[1]
+    found = knn.nearest_rows(bank, bank[held_rows], neighbours + 1, metric)[1]
     others = found != held_rows[:, None]
     return test_neighbours, np.take_along_axis(found, np.argsort(~others, axis=1, kind="stable")[:, :neighbours], 1)
 
 
 def add_patch_knn_scores(train: dict[str, np.ndarray], test: dict[str, np.ndarray], names: list[str],
                          bank_size: int, seed: int, neighbours: int = 0, radius: int = 0, distance: str = "nearest",
-                         penalty: float = 1.0, window: int = 1, neighbours_on: str = "deepest") -> dict[str, np.ndarray]:
+                         penalty: float = 1.0, window: int = 1, neighbours_on: str = "deepest",
+                         pixel_window: int = 0) -> dict[str, np.ndarray]:
     """Adds 'patch_knn/<scale>', the largest over positions of 'patch_map/<scale>' [M, H_s, W_s]:
     how far each position is from the normal training patches. Returns the same image
     scores for held-out normal training images (their statistics).
@@ -80,7 +86,10 @@ def add_patch_knn_scores(train: dict[str, np.ndarray], test: dict[str, np.ndarra
     'image_ridge', the residual of one ridge reconstruction of the whole map out of those
     images' maps (knn.image_ridge_residual; `radius` does not apply). Held out is a
     seeded subset of up to `MAX_HELD_OUT` training images, each searched with itself left
-    out.
+    out. With `pixel_window` > 0 (and neighbours), 'patches/pixels' in `train` and `test`
+    (the [0, 1] images) is scored too, as `PIXELS`: the same ridge distance with its own
+    window and `PIXEL_RIDGE_PENALTY`, its neighbours picked by Euclidean pixel distance, as
+    the raw-pixel floor picks them.
     """
     rng = np.random.default_rng([seed, 9])
     count = len(train[f"patches/{names[0]}"])
@@ -93,6 +102,10 @@ def add_patch_knn_scores(train: dict[str, np.ndarray], test: dict[str, np.ndarra
         deepest_name = max(names, key=lambda n: int(n.removeprefix("scale")))
         nearest = {n: _nearest_images(train[f"patches/{n}"], test[f"patches/{n}"], held_rows, neighbours)
                    for n in (names if neighbours_on == "same" else [deepest_name])}
+        if pixel_window:
+            nearest[PIXELS] = _nearest_images(train[f"patches/{PIXELS}"], test[f"patches/{PIXELS}"], held_rows,
+                                              neighbours, "euclidean")
+            names = [*names, PIXELS]
     else:
         order = rng.permutation(count)
         bank_rows, held_rows = order[: count // 2], order[count // 2:]
@@ -101,8 +114,10 @@ def add_patch_knn_scores(train: dict[str, np.ndarray], test: dict[str, np.ndarra
         patches = train.pop(f"patches/{n}")
         queries = test.pop(f"patches/{n}")
         if neighbours:
-            test_neighbours, held_neighbours = nearest[n if neighbours_on == "same" else deepest_name]
-            measure = functools.partial(knn.aligned_map, distance, patches, radius=radius, penalty=penalty, window=window)
+            test_neighbours, held_neighbours = nearest[n if neighbours_on == "same" or n == PIXELS else deepest_name]
+            measure = functools.partial(knn.aligned_map, distance, patches, radius=radius,
+                                        penalty=PIXEL_RIDGE_PENALTY if n == PIXELS else penalty,
+                                        window=pixel_window if n == PIXELS else window)
             test_map, held_map = measure(queries, test_neighbours), measure(patches[held_rows], held_neighbours)
         else:
             channels = patches.shape[-1]
@@ -157,22 +172,32 @@ def evaluate(config: ml_collections.ConfigDict, data: protocols.ProtocolData, ra
     test = score_images(score_jit, (parallel.replicate(state, mesh),), data.test_images, config.eval.batch_size, mesh)
     stats = {k: tuple(map(float, v)) for k, v in state["stats"].items()}
     if config.eval.patch_knn:
+        patch_names, patch_weights = list(names), tuple(float(w) for w in config.eval.patch_knn_weights) or weights
+        pixel_window = config.eval.patch_knn_pixels_window if config.eval.patch_knn_pixels else 0
+        if pixel_window:
+            train[f"patches/{PIXELS}"] = normal_train.astype(np.float32) / 255.0
+            test[f"patches/{PIXELS}"] = data.test_images.astype(np.float32) / 255.0
+            patch_names, patch_weights = [*names, PIXELS], (*patch_weights, float(config.eval.patch_knn_pixels))
         held_out = add_patch_knn_scores(train, test, names, config.eval.patch_bank_size, config.seed,
                                         config.eval.patch_knn_neighbours, config.eval.patch_knn_radius,
                                         config.eval.patch_knn_distance, config.eval.patch_knn_ridge_penalty,
-                                        config.eval.patch_knn_window, config.eval.patch_knn_neighbours_on)
+                                        config.eval.patch_knn_window, config.eval.patch_knn_neighbours_on,
+                                        pixel_window)
         held_out_stats = fusion.normal_statistics(held_out)
         stats |= held_out_stats
-        patch_weights = tuple(float(w) for w in config.eval.patch_knn_weights) or weights
-        test["score/patch_knn"] = np.asarray(fusion.combine(test, held_out_stats, "patch_knn", names, patch_weights))
-        patch_maps = patch_localisation_maps(test, held_out_stats, names, patch_weights, data.test_images.shape[1:3])
+        test["score/patch_knn"] = np.asarray(fusion.combine(test, held_out_stats, "patch_knn", patch_names,
+                                                            patch_weights))
+        patch_maps = patch_localisation_maps(test, held_out_stats, patch_names, patch_weights,
+                                             data.test_images.shape[1:3])
     final = test["score"]
     test_by_scorer = {s: test[f"score/{s}"] for s in (*fusion.SCORERS, "patch_knn") if f"score/{s}" in test}
     labels = data.test_labels
     maps = test["map"]
     image = metrics.image_metrics(final, labels)
     auroc_of = lambda s: metrics.image_metrics(test_by_scorer[s], labels)["auroc"] if s in test_by_scorer else None  # noqa: E731
-    per_scale = lambda prefix: metrics.per_scale_auroc({n: test[f"{prefix}/{n}"] for n in names}, labels) \
+    # Every scale's, and the raw pixels' where the patch kNN scores them too.
+    per_scale = lambda prefix: metrics.per_scale_auroc({n: test[f"{prefix}/{n}"] for n in (*names, PIXELS)
+                                                        if f"{prefix}/{n}" in test}, labels) \
         if f"{prefix}/{names[0]}" in test else None  # noqa: E731
     results: dict[str, Any] = {
         "dataset": config.dataset,

@@ -143,6 +143,8 @@ INVALID = [
     ("default", "eval.patch_knn_window", 0),
     ("default", "eval.patch_knn_weights", (1.0, 0.0)),  # one weight per scale
     ("default", "eval.patch_knn_neighbours_on", "shallowest"),
+    ("default", "eval.patch_knn_pixels", -1.0),
+    ("default", "eval.patch_knn_pixels_window", 0),
     ("default", "stage1.local_anomalies", ("scar",)),  # without model.local_head
     ("default", "stage1.local_anomalies", ("rotation",)),
     ("default", "model.local_head", True),  # without stage1.local_anomalies
@@ -197,6 +199,12 @@ def test_patch_knn_window_radius_and_neighbour_map_only_where_they_apply():
     config_lib.validate(config)
     config.eval.patch_knn_radius = 1
     with pytest.raises(ConfigError, match="config.eval.patch_knn_radius=1.*image_ridge"):
+        config_lib.validate(config)
+    config = get_config("default")
+    config.eval.patch_knn_pixels = 1.0
+    config_lib.validate(config)
+    config.eval.patch_knn_distance = "nearest"
+    with pytest.raises(ConfigError, match="config.eval.patch_knn_pixels=1.0.*ridge, image_ridge"):
         config_lib.validate(config)
 
 
@@ -410,6 +418,7 @@ def test_fashion_mnist_cpu_local_preset_changes_stage1_crops_and_the_patch_knn_o
     assert local.stage1.augment.crop_scale_min == 1.0
     assert local.eval.patch_knn and local.eval.patch_knn_distance == "image_ridge"
     assert local.eval.patch_knn_window == 2 and tuple(local.eval.patch_knn_weights) == (1.0, 0.0, 0.0)
-    assert local.eval.patch_knn_neighbours_on == "same"
+    assert local.eval.patch_knn_neighbours_on == "same" and local.eval.patch_knn_pixels == 1.0
+    assert one_class.eval.patch_knn_pixels == 0.0
     assert tuple(local.eval.score_weights) == tuple(one_class.eval.score_weights)  # the image scorers keep all scales
     config_lib.validate(local)

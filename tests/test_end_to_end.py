@@ -102,14 +102,16 @@ def test_unbalanced_local_anomalies_with_the_local_scorers_and_linear_eval(tiny_
                          local_kind="scar", image_size=16)
     config.eval.linear_eval = True
     config.eval.patch_knn, config.eval.patch_knn_neighbours, config.eval.patch_knn_radius = True, 3, 1
-    config.eval.patch_knn_weights = (0.0, 1.0, 0.0)  # the patch kNN of scale 3 alone
+    # The raw pixels' map alone: the learned scales are measured but weigh nothing.
+    config.eval.patch_knn_weights, config.eval.patch_knn_pixels, config.eval.patch_knn_pixels_window = (0.0,) * 3, 1.0, 2
     config.model.local_head, config.stage1.local_anomalies = True, ("cutpaste",)
     workdir = str(tmp_path / "run")
     train.train_and_evaluate(config, workdir)
     results = _check_results(workdir, expect_pixel_auroc=True)
     assert 0.0 <= results["auroc_patch_knn"] <= 1.0 and 0.0 <= results["pixel_auroc_patch_knn"] <= 1.0
-    assert set(results["auroc_patch_knn_per_scale"]) == set(results["auroc_per_scale"]) == {"scale2", "scale3", "scale4"}
-    assert results["auroc_patch_knn"] == pytest.approx(results["auroc_patch_knn_per_scale"]["scale3"])
+    assert set(results["auroc_per_scale"]) == {"scale2", "scale3", "scale4"}
+    assert set(results["auroc_patch_knn_per_scale"]) == {"scale2", "scale3", "scale4", "pixels"}
+    assert results["auroc_patch_knn"] == pytest.approx(results["auroc_patch_knn_per_scale"]["pixels"])
     assert 0.0 <= results["auroc_local"] <= 1.0
     assert results["num_train_labelled_anomalies"] == int(round(0.1 * 124))
     assert 0.0 <= results["linear_eval_accuracy"] <= 1.0

@@ -219,3 +219,32 @@ def test_ridge_patch_knn_reconstructs_from_the_nearest_other_images(distance, wi
         np.testing.assert_allclose(test[f"patch_knn/{n}"], want_test.reshape(2, -1).max(axis=1), rtol=1e-4)
     # With 'same' the two scales pick different neighbours here, so the check above can tell the two apart.
     assert len(picked_by) == (2 if neighbours_on == "same" else 1)
+
+
+def test_patch_knn_scores_the_raw_pixels_as_one_more_map_with_their_own_neighbours_and_window():
+    rng = np.random.default_rng(3)
+    train = {"patches/scale2": rng.normal(size=(7, 2, 2, 3)), "patches/pixels": rng.uniform(size=(7, 4, 4, 1))}
+    test = {"patches/scale2": rng.normal(size=(2, 2, 2, 3)), "patches/pixels": rng.uniform(size=(2, 4, 4, 1))}
+    train["patches/pixels"][1] = 3.0 * test["patches/pixels"][0]  # nearest by cosine, far in Euclidean distance
+    originals, queries = ({k: v.copy() for k, v in d.items()} for d in (train, test))
+    features_only = [{"patches/scale2": d["patches/scale2"].copy()} for d in (train, test)]
+    held_out = evaluate.add_patch_knn_scores(train, test, ["scale2"], bank_size=1, seed=0, neighbours=2,
+                                             distance="image_ridge", penalty=0.5, window=1, pixel_window=3)
+    without = evaluate.add_patch_knn_scores(*features_only, ["scale2"], bank_size=1, seed=0, neighbours=2,
+                                            distance="image_ridge", penalty=0.5, window=1)
+    np.testing.assert_array_equal(held_out["patch_knn/scale2"], without["patch_knn/scale2"])  # features unchanged
+    np.testing.assert_array_equal(test["patch_map/scale2"], features_only[1]["patch_map/scale2"])
+    bank, bank_queries = (x["patches/pixels"].reshape(len(x["patches/pixels"]), -1) for x in (originals, queries))
+    distance = np.linalg.norm(bank[:, None] - bank[None], axis=-1)
+    np.fill_diagonal(distance, np.inf)  # held-out images are searched with themselves left out
+    held_neighbours = np.argsort(distance, axis=1)[:, :2]
+    test_neighbours = np.argsort(np.linalg.norm(bank_queries[:, None] - bank[None], axis=-1), axis=1)[:, :2]
+    assert 1 not in test_neighbours[0]  # Euclidean, not cosine, picked them
+    maps = originals["patches/pixels"]
+    want_held = knn.aligned_map("image_ridge", maps, maps, held_neighbours, penalty=evaluate.PIXEL_RIDGE_PENALTY,
+                                window=3)
+    want_test = knn.aligned_map("image_ridge", maps, queries["patches/pixels"], test_neighbours,
+                                penalty=evaluate.PIXEL_RIDGE_PENALTY, window=3)
+    np.testing.assert_allclose(held_out["patch_knn/pixels"], want_held.reshape(7, -1).max(axis=1), rtol=1e-4)
+    np.testing.assert_allclose(test["patch_map/pixels"], want_test, rtol=1e-4)
+    np.testing.assert_allclose(test["patch_knn/pixels"], want_test.reshape(2, -1).max(axis=1), rtol=1e-4)

@@ -91,6 +91,9 @@ def add_patch_knn_scores(train: dict[str, np.ndarray], test: dict[str, np.ndarra
     window and `PIXEL_RIDGE_PENALTY`, its neighbours picked by Euclidean pixel distance, as
     the raw-pixel floor picks them.
     """
+    if pixel_window and not neighbours:
+        raise ValueError(f"pixel_window={pixel_window}: the pixel map is a ridge fit out of the nearest images, "
+                         "which needs neighbours > 0")
     rng = np.random.default_rng([seed, 9])
     count = len(train[f"patches/{names[0]}"])
     if neighbours >= count:
@@ -171,13 +174,15 @@ def evaluate(config: ml_collections.ConfigDict, data: protocols.ProtocolData, ra
     score_jit = parallel.jit_over_batch(scorer.make_scorer(raw_fn, spec), mesh, 1)
     test = score_images(score_jit, (parallel.replicate(state, mesh),), data.test_images, config.eval.batch_size, mesh)
     stats = {k: tuple(map(float, v)) for k, v in state["stats"].items()}
+    patch_names = list(names)  # the patch kNN's maps: the scales, and the raw image with eval.patch_knn_pixels
     if config.eval.patch_knn:
-        patch_names, patch_weights = list(names), tuple(float(w) for w in config.eval.patch_knn_weights) or weights
+        patch_weights = tuple(float(w) for w in config.eval.patch_knn_weights) or weights
         pixel_window = config.eval.patch_knn_pixels_window if config.eval.patch_knn_pixels else 0
         if pixel_window:
             train[f"patches/{PIXELS}"] = normal_train.astype(np.float32) / 255.0
             test[f"patches/{PIXELS}"] = data.test_images.astype(np.float32) / 255.0
-            patch_names, patch_weights = [*names, PIXELS], (*patch_weights, float(config.eval.patch_knn_pixels))
+            patch_names.append(PIXELS)
+            patch_weights = (*patch_weights, float(config.eval.patch_knn_pixels))
         held_out = add_patch_knn_scores(train, test, names, config.eval.patch_bank_size, config.seed,
                                         config.eval.patch_knn_neighbours, config.eval.patch_knn_radius,
                                         config.eval.patch_knn_distance, config.eval.patch_knn_ridge_penalty,
@@ -195,10 +200,8 @@ def evaluate(config: ml_collections.ConfigDict, data: protocols.ProtocolData, ra
     maps = test["map"]
     image = metrics.image_metrics(final, labels)
     auroc_of = lambda s: metrics.image_metrics(test_by_scorer[s], labels)["auroc"] if s in test_by_scorer else None  # noqa: E731
-    # Every scale's, and the raw pixels' where the patch kNN scores them too.
-    per_scale = lambda prefix: metrics.per_scale_auroc({n: test[f"{prefix}/{n}"] for n in (*names, PIXELS)
-                                                        if f"{prefix}/{n}" in test}, labels) \
-        if f"{prefix}/{names[0]}" in test else None  # noqa: E731
+    per_scale = lambda prefix, over=names: metrics.per_scale_auroc({n: test[f"{prefix}/{n}"] for n in over}, labels) \
+        if f"{prefix}/{over[0]}" in test else None  # noqa: E731
     results: dict[str, Any] = {
         "dataset": config.dataset,
         "protocol": config.protocol,
@@ -219,7 +222,7 @@ def evaluate(config: ml_collections.ConfigDict, data: protocols.ProtocolData, ra
         "auroc_local": auroc_of("local"),
         "auroc_local_per_scale": per_scale("local"),
         "auroc_patch_knn": auroc_of("patch_knn"),
-        "auroc_patch_knn_per_scale": per_scale("patch_knn"),
+        "auroc_patch_knn_per_scale": per_scale("patch_knn", patch_names),
         "auroc_pixel_knn_floor": knn.pixel_floor_auroc(normal_train, data.test_images, labels)
         if config.eval.pixel_floor else None,
         "pixel_auroc": metrics.pixel_auroc(maps, data.test_masks),

@@ -248,3 +248,5 @@ def test_patch_knn_scores_the_raw_pixels_as_one_more_map_with_their_own_neighbou
     np.testing.assert_allclose(held_out["patch_knn/pixels"], want_held.reshape(7, -1).max(axis=1), rtol=1e-4)
     np.testing.assert_allclose(test["patch_map/pixels"], want_test, rtol=1e-4)
     np.testing.assert_allclose(test["patch_knn/pixels"], want_test.reshape(2, -1).max(axis=1), rtol=1e-4)
+    with pytest.raises(ValueError, match="pixel_window=3.*neighbours > 0"):
+        evaluate.add_patch_knn_scores(dict(originals), dict(queries), ["scale2"], bank_size=1, seed=0, pixel_window=3)

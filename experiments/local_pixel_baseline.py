@@ -24,7 +24,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from mscad_jax import config as config_lib
-from mscad_jax import knn, metrics
+from mscad_jax import files, knn, metrics
 from mscad_jax.data import protocols
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A local-anomaly config (configs/<name>.py[:args]).",
@@ -35,6 +35,8 @@ _PATCH = flags.DEFINE_integer("patch", 3, "Side of the pixel patch each position
 _DISTANCE = flags.DEFINE_enum("distance", "nearest", config_lib.PATCH_KNN_DISTANCES, "As eval.patch_knn_distance.")
 _PENALTY = flags.DEFINE_float("penalty", 0.1, "--distance=ridge or image_ridge: the ridge penalty.")
 _WINDOW = flags.DEFINE_integer("window", 1, "--distance=ridge or image_ridge: as eval.patch_knn_window, in pixels.")
+_SCORES_OUT = flags.DEFINE_string("scores_out", None, "Also write each test image's score to this CSV "
+                                  "(index, is_anomaly, score; for experiments/local_visibility.py).")
 flags.mark_flags_as_required(["config"])
 
 
@@ -59,7 +61,11 @@ def main(argv: list[str]) -> None:
     bank, queries = pixel_patches(normal, _PATCH.value), pixel_patches(data.test_images, _PATCH.value)
     maps = knn.aligned_map(_DISTANCE.value, bank, queries, neighbours, _RADIUS.value, _PENALTY.value, _WINDOW.value,
                            "euclidean")
-    image = metrics.image_metrics(maps.reshape(len(maps), -1).max(axis=1), data.test_labels)["auroc"]
+    scores = maps.reshape(len(maps), -1).max(axis=1)
+    image = metrics.image_metrics(scores, data.test_labels)["auroc"]
+    if _SCORES_OUT.value:
+        files.write_csv_columns(_SCORES_OUT.value, {"index": np.arange(len(scores)), "is_anomaly": data.test_labels,
+                                                    "score": scores})
     print(f"| {config.dataset} class {config.normal_class} {config.anomaly_type}/{config.local_kind} "
           f"| {_DISTANCE.value} K={_NEIGHBOURS.value} radius={_RADIUS.value} patch={_PATCH.value} "
           f"{f'penalty={_PENALTY.value} window={_WINDOW.value} ' if _DISTANCE.value in config_lib.RIDGE_DISTANCES else ''}"

@@ -25,6 +25,7 @@ __all__ = [
     "auroc_per_anomaly_class",
     "fpr_at_tpr",
     "image_metrics",
+    "local_contrast",
     "per_scale_auroc",
     "pixel_auroc",
     "validate_scores_labels",
@@ -153,6 +154,29 @@ def per_scale_auroc(scores_per_scale: Mapping[str, Any], labels: Any) -> dict[st
             raise ValueError(f"scale {name!r}: {e}") from e
         out[name] = float(roc_auc_score(y, s))
     return out
+
+
+def local_contrast(clean: Any, corrupted: Any, masks: Any) -> np.ndarray:
+    """How visible each local anomaly is: the mean, over its mask, of the largest
+    per-channel change |corrupted - clean| in [0, 1] units (uint8 images are divided by
+    255). A scar painted in the colour it covers scores ~0 and no detector can see it.
+
+    Args:
+      clean, corrupted: [N, H, W, C] images, the same images before and after the anomaly.
+      masks: [N, H, W] anomalous pixels in {0, 1}, none of them empty.
+    """
+    a, b = np.asarray(clean), np.asarray(corrupted)
+    if a.shape != b.shape or a.ndim != 4:
+        raise ValueError(f"clean and corrupted must be [N, H, W, C] of one shape, got {a.shape} and {b.shape}.")
+    m = _as_binary_labels(masks, name="masks").astype(np.float64)
+    if m.shape != a.shape[:3]:
+        raise ValueError(f"masks must have shape {a.shape[:3]}, got {m.shape}.")
+    area = m.sum(axis=(1, 2))
+    if np.any(area == 0):
+        raise ValueError(f"masks {np.flatnonzero(area == 0).tolist()} are empty.")
+    unit = 255.0 if np.issubdtype(a.dtype, np.integer) else 1.0
+    change = np.abs(a.astype(np.float64) - b.astype(np.float64)).max(axis=-1) / unit
+    return (change * m).sum(axis=(1, 2)) / area
 
 
 # ---------------------------------------------------------------------------

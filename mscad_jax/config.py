@@ -61,7 +61,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.anomaly_type = "object"  # object (other classes) | style (corruptions) | local (pasted patch/scar).
     c.style_corruption = "gaussian_noise"  # style: one of data.anomalies.STYLE_CORRUPTIONS.
     c.style_severity = 3  # style: corruption severity in 1..5.
-    c.local_kind = "cutpaste"  # local: cutpaste | scar.
+    c.local_kind = "cutpaste"  # local: cutpaste (a patch of the image pasted elsewhere) | scar (a thin rectangle of random colour).
     c.max_train_examples = 0  # >0 caps the training set (quick experiments); 0 = all.
     c.max_test_examples = 0  # >0 caps the test set, drawn with the seed; 0 = all.
 

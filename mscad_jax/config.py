@@ -126,6 +126,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 512  # Global batch for scoring.
     c.eval.score_weights = ()  # w_s per configured scale for the final score; () = all 1.
+    c.eval.detector_weights = ()  # w_s per configured scale for the detector scorer and the localisation maps; () = eval.score_weights.
     c.eval.scorer = ("detector",)  # Standardised scorers summed into the score; see mscad_jax.fusion.SCORERS.
     c.eval.knn_rotations = False  # knn on the pooled features of the image at all four rotations (test-time ensemble).
     c.eval.knn_k = 5  # Neighbours of the knn scorer (distance of its feature vectors to normal training images).
@@ -436,7 +437,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     if config.eval.knn_k < 1:
         _fail("eval.knn_k", config.eval.knn_k, "must be a positive integer")
 
-    for weights_field in ("stage1.scale_weights", "eval.score_weights", "eval.patch_knn_weights"):
+    for weights_field in ("stage1.scale_weights", "eval.score_weights", "eval.detector_weights",
+                          "eval.patch_knn_weights"):
         section, name = weights_field.split(".")
         weights = tuple(config[section][name])
         if weights and len(weights) != len(scales):

@@ -170,7 +170,8 @@ def evaluate(config: ml_collections.ConfigDict, data: protocols.ProtocolData, ra
                          config.eval.batch_size, mesh, keep_maps=False)
     chosen = config_lib.scorer_names(config)
     state, spec = scorer.fit(train, variables, tuple(names), weights, chosen, config.eval.knn_k,
-                             normal_images=normal_train, knn_metric=config.eval.knn_metric)
+                             normal_images=normal_train, knn_metric=config.eval.knn_metric,
+                             detector_weights=tuple(float(w) for w in config.eval.detector_weights))
     score_jit = parallel.jit_over_batch(scorer.make_scorer(raw_fn, spec), mesh, 1)
     test = score_images(score_jit, (parallel.replicate(state, mesh),), data.test_images, config.eval.batch_size, mesh)
     stats = {k: tuple(map(float, v)) for k, v in state["stats"].items()}
@@ -242,7 +243,8 @@ def evaluate(config: ml_collections.ConfigDict, data: protocols.ProtocolData, ra
             writer.write_scalars(0, {f"eval/{k}": v for k, v in _scalars(results).items()})
             writer.flush()
         if config.eval.plots:
-            write_plots(os.path.join(workdir, "plots"), final, data, maps, config.eval.num_top_anomalies, weights)
+            write_plots(os.path.join(workdir, "plots"), final, data, maps, config.eval.num_top_anomalies,
+                        spec.map_weights)
         scorer.save(os.path.join(workdir, "scorer"), parallel.fetch(state), spec)
         files.write_scores_csv(os.path.join(workdir, "scores.csv"), final, data.test_classes, data.test_labels,
                                test_by_scorer, test, names, data.test_paths)

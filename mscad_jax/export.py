@@ -122,6 +122,7 @@ def export(workdir: str, output: str, platforms: list[str] | None = None) -> dic
         "outputs": OUTPUTS,
         "scales": list(spec.names),
         "score_weights": list(spec.weights),
+        "detector_weights": list(spec.map_weights),
         "scorers": list(spec.scorers),
         "available_scorers": list(spec.available),
         "knn_k": spec.knn_k,
@@ -132,7 +133,7 @@ def export(workdir: str, output: str, platforms: list[str] | None = None) -> dic
         "threshold": float(state["threshold"]),
         "threshold_rule": f"{spec.threshold_percentile:g}th percentile of the final scores of normal training "
                           "images (k-NN leaving each image out); score > threshold is flagged anomalous",
-        "heatmap_range": list(fusion.heatmap_range(spec.weights)),
+        "heatmap_range": list(fusion.heatmap_range(spec.map_weights)),
         "dataset": config.dataset,
         "image_folder_dir": config.image_folder_dir,
         "protocol": config.protocol,

@@ -82,15 +82,17 @@ def combine(scores: Mapping[str, Any], stats: Mapping[str, Stat], kind: str, nam
 
 
 def scorer_scores(scores: Mapping[str, Any], stats: Mapping[str, Stat], names: Sequence[str],
-                  weights: Sequence[float]) -> dict[str, jax.Array]:
-    """Each available scorer's image score, its scales fused with the normal statistics."""
+                  weights: Sequence[float], detector_weights: Sequence[float] = ()) -> dict[str, jax.Array]:
+    """Each available scorer's image score, its scales fused with the normal statistics:
+    the detector's with `detector_weights` (() = `weights`), every other's with `weights`."""
     out = {}
     for scorer, prefix in SCORERS.items():
         if prefix is None:
             if scorer in scores:
                 out[scorer] = jnp.asarray(scores[scorer], jnp.float32)
         elif f"{prefix}/{names[0]}" in scores:
-            out[scorer] = combine(scores, stats, prefix, names, weights)
+            own = detector_weights if scorer == "detector" and detector_weights else weights
+            out[scorer] = combine(scores, stats, prefix, names, own)
     return out
 
 

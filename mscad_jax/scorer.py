@@ -50,6 +50,12 @@ class ScorerSpec:
     knn_k: int
     threshold_percentile: float = THRESHOLD_PERCENTILE
     knn_metric: str = "cosine"  # of the knn scorer: cosine | euclidean (eval.knn_metric)
+    detector_weights: tuple[float, ...] = ()  # w_s of the detector and the maps; () = weights
+
+    @property
+    def map_weights(self) -> tuple[float, ...]:
+        """w_s of the detector scorer and of the localisation maps (its deviation maps)."""
+        return self.detector_weights or self.weights
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "ScorerSpec":
@@ -88,12 +94,12 @@ def pixel_knn_distance(images: jax.Array, bank: jax.Array, k: int) -> jax.Array:
 
 def fuse(raw: dict[str, Any], state: ScorerState, spec: ScorerSpec) -> dict[str, jax.Array]:
     """Per-scale scores (k-NN included) -> the scorer outputs (module docstring)."""
-    by_scorer = fusion.scorer_scores(raw, state["stats"], spec.names, spec.weights)
+    by_scorer = fusion.scorer_scores(raw, state["stats"], spec.names, spec.weights, spec.map_weights)
     out = {"score": fusion.final_score(by_scorer, state["scorer_stats"], spec.scorers)}
     out |= {f"score/{s}": v for s, v in by_scorer.items()}
     out |= {k: v for k, v in raw.items() if k.split("/")[0] in fusion.SCORERS.values() or k.startswith("patches/")}
     if f"map/{spec.names[0]}" in raw:
-        out["map"] = fusion.localisation_maps(raw, state["stats"], spec.names, spec.weights)
+        out["map"] = fusion.localisation_maps(raw, state["stats"], spec.names, spec.map_weights)
     return out
 
 
@@ -119,7 +125,8 @@ def make_scorer(raw_fn: Callable, spec: ScorerSpec) -> Callable[[ScorerState, ja
 def fit(train: dict[str, np.ndarray], variables: dict[str, Any], names: tuple[str, ...],
         weights: tuple[float, ...], scorers: tuple[str, ...], knn_k: int,
         threshold_percentile: float = THRESHOLD_PERCENTILE,
-        normal_images: np.ndarray | None = None, knn_metric: str = "cosine") -> tuple[ScorerState, ScorerSpec]:
+        normal_images: np.ndarray | None = None, knn_metric: str = "cosine",
+        detector_weights: tuple[float, ...] = ()) -> tuple[ScorerState, ScorerSpec]:
     """The scorer state from `train`, the raw scores of normal training images.
 
     `variables` holds 'frozen', 'detector' and 'centers'. Each training image's k-NN
@@ -127,7 +134,8 @@ def fit(train: dict[str, np.ndarray], variables: dict[str, Any], names: tuple[st
     statistics are those of an unseen normal image. `knn_metric` is that score's distance
     (cosine, or euclidean on the unnormalised vectors). `normal_images` (uint8, the images
     `train` was scored on) are the bank of the `pixel_knn` scorer, kept only when it is
-    chosen: it costs an image per bank row.
+    chosen: it costs an image per bank row. `detector_weights` fuse the detector's scales
+    and the maps (() = `weights`).
     """
     train = dict(train)
     bank = {}
@@ -144,7 +152,8 @@ def fit(train: dict[str, np.ndarray], variables: dict[str, Any], names: tuple[st
         pixel_bank["pixel_bank"] = np.asarray(normal_images, np.uint8)
         train["pixel_knn"] = knn.knn_distance(pixel_bank["pixel_bank"] / np.float32(255.0), None, knn_k, "euclidean")
     stats = {k: np.asarray(v, np.float32) for k, v in fusion.normal_statistics(train).items()}
-    by_scorer = {s: np.asarray(v) for s, v in fusion.scorer_scores(train, stats, names, weights).items()}
+    by_scorer = fusion.scorer_scores(train, stats, names, weights, detector_weights)
+    by_scorer = {s: np.asarray(v) for s, v in by_scorer.items()}
     missing = [s for s in scorers if s not in by_scorer]
     if missing:
         raise ValueError(f"eval.scorer names {missing}, which this model does not produce "
@@ -154,7 +163,7 @@ def fit(train: dict[str, np.ndarray], variables: dict[str, Any], names: tuple[st
     state = {**variables, "bank": bank, **pixel_bank, "stats": stats, "scorer_stats": scorer_stats,
              "threshold": np.float32(np.percentile(final, threshold_percentile))}
     spec = ScorerSpec(tuple(names), tuple(float(w) for w in weights), tuple(scorers), tuple(by_scorer), int(knn_k),
-                      float(threshold_percentile), knn_metric)
+                      float(threshold_percentile), knn_metric, tuple(float(w) for w in detector_weights))
     return state, spec
 
 

@@ -142,6 +142,7 @@ INVALID = [
     ("default", "eval.patch_knn_ridge_penalty", 0.0),
     ("default", "eval.patch_knn_window", 0),
     ("default", "eval.patch_knn_weights", (1.0, 0.0)),  # one weight per scale
+    ("default", "eval.detector_weights", (1.0, 0.0)),  # one weight per scale
     ("default", "eval.patch_knn_neighbours_on", "shallowest"),
     ("default", "eval.patch_knn_pixels", -1.0),
     ("default", "eval.patch_knn_pixels_window", 0),

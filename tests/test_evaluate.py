@@ -37,11 +37,15 @@ def _knn_reference(bank, queries, k, leave_out_self, metric="cosine"):
     return np.sort(distance, axis=1)[:, :k].mean(axis=1)
 
 
-@pytest.mark.parametrize("knn_metric", ["cosine", "euclidean"])
-def test_scores_statistics_and_fusion_match_a_numpy_reference(tiny_config, random_images, tmp_path, knn_metric):
+# The detector's own scale weights (eval.detector_weights), or () for eval.score_weights.
+@pytest.mark.parametrize("knn_metric,detector_weights", [("cosine", (0.0, 1.0, 3.0)), ("euclidean", ())])
+def test_scores_statistics_and_fusion_match_a_numpy_reference(tiny_config, random_images, tmp_path, knn_metric,
+                                                              detector_weights):
     weights = (1.0, 0.5, 2.0)
     config = tiny_config(**{"eval.batch_size": 4, "eval.scorer": ("detector", "a0", "knn", "pixel_knn"),
-                            "eval.knn_k": 2, "eval.knn_metric": knn_metric, "eval.plots": False, "eval.score_weights": weights, "protocol": "unbalanced"})
+                            "eval.knn_k": 2, "eval.knn_metric": knn_metric, "eval.plots": False,
+                            "eval.score_weights": weights, "eval.detector_weights": detector_weights,
+                            "protocol": "unbalanced"})
     names = anomem.scale_names(config.model.scales)
     train_images = random_images(11)
     labelled = np.zeros(11, bool)
@@ -86,8 +90,9 @@ def test_scores_statistics_and_fusion_match_a_numpy_reference(tiny_config, rando
         assert results["score_stats"][key]["std"] == pytest.approx(std, rel=1e-3, abs=1e-6), key
 
     def fused(scores, prefix):
+        own = (detector_weights or weights) if prefix == "a" else weights
         return sum(w * (scores[f"{prefix}/{n}"] - stats[f"{prefix}/{n}"][0]) / stats[f"{prefix}/{n}"][1]
-                   for n, w in zip(names, weights))
+                   for n, w in zip(names, own))
 
     final = 0.0
     by_scorer = {}

@@ -32,11 +32,12 @@ def _read_csv(path):
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
     """A finished tiny digits job (rotation head, four scorers summed, the Euclidean
-    kNN of the digits config) and its export."""
+    kNN of the digits config, the detector on its own scales) and its export."""
     root = tmp_path_factory.mktemp("export")
     config = config_lib.chosen_method(make_tiny_config(dataset="digits", normal_class=0))
     config.eval.scorer = ("knn", "rotation", "detector", "pixel_knn")
     config.eval.knn_metric = "euclidean"
+    config.eval.detector_weights = (0.0, 1.0, 1.0)
     config.eval.plots = False
     workdir, artifact = str(root / "run"), str(root / "model")
     results = train.train_and_evaluate(config, workdir)
@@ -65,6 +66,9 @@ def test_metadata_describes_the_model(job):
     assert meta["input"] == {"dtype": "uint8", "shape": ["N", 8, 8, 1], "image_size": 8, "channels": 1}
     assert meta["platforms"] == ["cpu"] and meta["scales"] == ["scale2", "scale3", "scale4"]
     assert meta["scorers"] == ["knn", "rotation", "detector", "pixel_knn"] and meta["knn_metric"] == "euclidean"
+    # The maps are the detector's: its weights set the heatmap range (3 x their sum).
+    assert meta["score_weights"] == [1.0] * 3 and meta["detector_weights"] == [0.0, 1.0, 1.0]
+    assert meta["heatmap_range"] == [0.0, 6.0]
     assert meta["threshold"] == pytest.approx(job["results"]["threshold"])
     assert meta["class_names"] == [str(k) for k in range(10)] and meta["normal_class"] == 0
     assert set(meta["files"]) == {exported.MODEL_FILE, exported.WEIGHTS_FILE}
@@ -79,11 +83,14 @@ def test_metadata_describes_the_model(job):
     assert 0.0 < flagged < 0.3
 
 
-def test_a_scorer_spec_from_before_knn_metric_reads_as_cosine():
-    spec = scorer.ScorerSpec(("scale2",), (1.0,), ("knn",), ("knn",), 5)
+def test_a_scorer_spec_from_before_knn_metric_and_detector_weights_reads_as_cosine_and_score_weights():
+    spec = scorer.ScorerSpec(("scale2", "scale3"), (1.0, 2.0), ("knn",), ("knn",), 5)
     written = dataclasses.asdict(spec)
-    del written["knn_metric"]
+    del written["knn_metric"], written["detector_weights"]
     assert scorer.ScorerSpec.from_json(json.loads(json.dumps(written))) == spec
+    assert spec.map_weights == (1.0, 2.0)
+    own = dataclasses.replace(spec, detector_weights=(0.0, 1.0))
+    assert scorer.ScorerSpec.from_json(json.loads(json.dumps(dataclasses.asdict(own)))).map_weights == (0.0, 1.0)
 
 
 def test_loading_needs_neither_flax_nor_the_training_code(job):

@@ -39,7 +39,7 @@ def get_config(arg: str | None = None):
             # The patch kNN from the 14x14 map alone, one ridge fit of the whole map, residual
             # over 2x2 positions. Same weights, seeds 0-2: cutpaste 89.37 +- 0.70 vs 87.09,
             # scar 77.63 +- 0.43 vs 76.00, better localisation too (experiments/results/
-            # fashion_mnist_local.md, seventh part).
+            # fashion_mnist_local.md, "The local preset's patch kNN").
             c.eval.patch_knn = True
             c.eval.patch_knn_distance = "image_ridge"
             c.eval.patch_knn_window = 2
@@ -51,7 +51,7 @@ def get_config(arg: str | None = None):
             # its 50 neighbours by pixel distance, window 4). Same weights, seeds 0-2: cutpaste
             # 90.41 +- 0.40 vs 89.67 (learned map alone) and 90.04 (pixels alone), scar 78.49 +-
             # 0.47 vs 77.99 and 78.00; above both on every seed and kind, and better localised
-            # (experiments/results/fashion_mnist_local.md, last part).
+            # (experiments/results/fashion_mnist_local.md, "The raw pixels as one more map").
             c.eval.patch_knn_pixels = 1.0
         c.stage1.augment.jitter_prob = 0.0
         # The raw-pixel kNN beside kNN + rotation (same weights, ten classes): mean 93.98 ->

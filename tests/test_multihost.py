@@ -45,8 +45,8 @@ def test_two_processes_match_one_process_with_four_devices(tiny_config, tmp_path
 TINY_JOB = ["--config=configs/default.py:normal_class=1", "--config.model.scales=(2,3,4)",
             "--config.eval.score_weights=()", "--config.eval.detector_weights=()", "--config.image_size=8",
             "--config.model.width=4", "--config.model.num_slots=8", "--config.model.proj_dim=8",
-            "--config.max_train_examples=16",
-            "--config.stage1.batch_size=16", "--config.stage1.epochs=2", "--config.stage1.warmup_epochs=0",
+            "--config.max_train_examples=16", "--config.stage1.batch_size=16", "--config.stage1.epochs=2",
+            "--config.stage1.warmup_epochs=0",
             "--config.stage2.batch_size=16", "--config.stage2.epochs=2", "--config.stage2.hidden=4",
             "--config.stage2.embed_dim=4", "--config.eval.batch_size=32", "--config.eval.plots=False",
             "--config.log_every_steps=2"]

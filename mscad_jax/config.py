@@ -129,6 +129,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.detector_weights = ()  # w_s per configured scale for the detector scorer and the localisation maps; () = eval.score_weights.
     c.eval.scorer = ("detector",)  # Standardised scorers summed into the score; see mscad_jax.fusion.SCORERS.
     c.eval.knn_rotations = False  # knn on the pooled features of the image at all four rotations (test-time ensemble).
+    c.eval.knn_flip = False  # knn also on the features of the image mirrored left-right (test-time ensemble).
     c.eval.knn_k = 5  # Neighbours of the knn scorer (distance of its feature vectors to normal training images).
     c.eval.knn_metric = "cosine"  # knn distance: cosine (L2-normalised vectors) | euclidean (raw vectors: keeps their norm).
     c.eval.knn_pooling = "mean"  # knn vectors: mean (GAP of each scale) | flatten (keeps where each feature is).

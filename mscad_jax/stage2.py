@@ -180,7 +180,8 @@ def train(config: ml_collections.ConfigDict, model: anomem.AnoMem, frozen: dict,
 
 
 def score_function(det: detector.MultiScaleDetector | None, model: anomem.AnoMem, patches: bool = False,
-                   rotated_features: bool = False, knn_pooling: str = "mean") -> Callable:
+                   rotated_features: bool = False, knn_pooling: str = "mean",
+                   flipped_features: bool = False) -> Callable:
     """The pure (frozen, params, centers, images uint8) -> per-image scores, maps and features.
 
     Returns {'a/<scale>': [B] detector distance, 'a0/<scale>': [B] training-free score
@@ -194,7 +195,9 @@ def score_function(det: detector.MultiScaleDetector | None, model: anomem.AnoMem
     logit of the local-anomaly segmentation head; with `patches`, 'patches/<scale>' [B, H_s, W_s, C_s]
     holds the unpooled features for patch-level nearest neighbours. With
     `rotated_features`, 'feature/<scale>' concatenates the L2-normalised pooled features
-    of the image rotated by 0, 90, 180 and 270 degrees (a test-time ensemble for k-NN).
+    of the image rotated by 0, 90, 180 and 270 degrees (a test-time ensemble for k-NN);
+    with `flipped_features`, those of the image mirrored left-right follow (after the
+    rotations' when both are set), so an image and its mirror get the same k-NN distance.
     With `det=None` (no stage 2 yet) there are no 'a' entries.
     """
     names = anomem.scale_names(model.scales)
@@ -226,10 +229,13 @@ def score_function(det: detector.MultiScaleDetector | None, model: anomem.AnoMem
             if model.rotation_head:
                 out["rotation"] = -sum(jax.nn.log_softmax(o[anomem.ROTATION_LOGITS])[:, r]
                                        for r, o in enumerate(rotated))
-            if rotated_features:
-                for n in names:
-                    out[f"feature/{n}"] = jnp.concatenate(
-                        [losses.l2_normalize(pool(o[n]["features"], knn_pooling)) for o in rotated], axis=-1)
+        if rotated_features or flipped_features:
+            views = rotated if rotated_features else [outputs]
+            if flipped_features:
+                views = views + [frozen_outputs(model, frozen, jnp.flip(x, axis=2))]
+            for n in names:
+                out[f"feature/{n}"] = jnp.concatenate(
+                    [losses.l2_normalize(pool(o[n]["features"], knn_pooling)) for o in views], axis=-1)
         return out
 
     return score

@@ -196,3 +196,27 @@ def test_knn_vectors_are_pooled_or_flattened_feature_maps(tiny_config, random_im
         for n in anomem.scale_names(config.model.scales):
             np.testing.assert_allclose(out[f"feature/{n}"], expect(np.asarray(features[n]["features"])),
                                        rtol=1e-5, atol=1e-6, err_msg=f"{how} {n}")
+
+
+@pytest.mark.parametrize("rotated", [False, True])
+def test_flipped_knn_vectors_give_an_image_and_its_mirror_the_same_distances(tiny_config, random_images, rotated):
+    config = tiny_config()
+    images = random_images(4)
+    model, frozen = _frozen(config, images, parallel.make_mesh(jax.devices()[:1]))
+    score = jax.jit(stage2.score_function(None, model, knn_pooling="flatten", rotated_features=rotated,
+                                          flipped_features=True))
+    out, mirrored = score(frozen, {}, {}, images), score(frozen, {}, {}, images[:, :, ::-1])
+    plain = jax.jit(stage2.score_function(None, model, knn_pooling="flatten", rotated_features=rotated))(
+        frozen, {}, {}, images)
+    for n in anomem.scale_names(config.model.scales):
+        views = 5 if rotated else 2
+        a, b = np.split(np.asarray(out[f"feature/{n}"]), views, axis=-1), np.split(
+            np.asarray(mirrored[f"feature/{n}"]), views, axis=-1)
+        # The unflipped views come first, as without the flip (normalised when alone).
+        expect = np.asarray(plain[f"feature/{n}"]) if rotated else np.asarray(losses.l2_normalize(plain[f"feature/{n}"]))
+        np.testing.assert_allclose(np.concatenate(a[:-1], -1), expect, rtol=1e-5, atol=1e-6)
+        # The mirror's upright and flipped views are the image's flipped and upright ones
+        # (without rotations, the whole vector: the same cosine k-NN distances).
+        np.testing.assert_allclose(b[0], a[-1], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(b[-1], a[0], rtol=1e-4, atol=1e-5)
+        assert np.all(np.abs(np.linalg.norm(a[-1], axis=-1) - 1) < 1e-5)

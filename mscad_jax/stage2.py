@@ -197,7 +197,8 @@ def score_function(det: detector.MultiScaleDetector | None, model: anomem.AnoMem
     `rotated_features`, 'feature/<scale>' concatenates the L2-normalised pooled features
     of the image rotated by 0, 90, 180 and 270 degrees (a test-time ensemble for k-NN);
     with `flipped_features`, those of the image mirrored left-right follow (after the
-    rotations' when both are set), so an image and its mirror get the same k-NN distance.
+    rotations' when both are set; without rotations an image and its mirror then get the
+    same k-NN distance).
     With `det=None` (no stage 2 yet) there are no 'a' entries.
     """
     names = anomem.scale_names(model.scales)

@@ -199,7 +199,7 @@ def test_knn_vectors_are_pooled_or_flattened_feature_maps(tiny_config, random_im
 
 
 @pytest.mark.parametrize("rotated", [False, True])
-def test_flipped_knn_vectors_give_an_image_and_its_mirror_the_same_distances(tiny_config, random_images, rotated):
+def test_flipped_knn_vectors_append_the_mirror_view(tiny_config, random_images, rotated):
     config = tiny_config()
     images = random_images(4)
     model, frozen = _frozen(config, images, parallel.make_mesh(jax.devices()[:1]))

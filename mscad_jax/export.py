@@ -103,9 +103,7 @@ def export(workdir: str, output: str, platforms: list[str] | None = None) -> dic
             results = json.load(f)
     state, spec = scorer.load(os.path.join(workdir, "scorer"))
     model = anomem.AnoMem(**config.model)
-    raw_fn = stage2.score_function(stage2.make_detector(config), model,
-                                   rotated_features=config.eval.knn_rotations, knn_pooling=config.eval.knn_pooling,
-                                   flipped_features=config.eval.knn_flip)
+    raw_fn = stage2.configured_score_function(config, stage2.make_detector(config), model)
     score = scorer.make_scorer(raw_fn, spec)
     weights = scorer.flatten(state)
     image_shape = (config.image_size, config.image_size, config_lib.DATASETS[config.dataset][2])

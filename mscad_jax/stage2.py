@@ -242,6 +242,14 @@ def score_function(det: detector.MultiScaleDetector | None, model: anomem.AnoMem
     return score
 
 
+def configured_score_function(config: ml_collections.ConfigDict, det: detector.MultiScaleDetector | None,
+                              model: anomem.AnoMem, patches: bool = False) -> Callable:
+    """`score_function` with the k-NN vectors `config.eval` asks for: the one place that
+    reads them, so an exported model scores as the evaluation that measured it did."""
+    return score_function(det, model, patches=patches, rotated_features=config.eval.knn_rotations,
+                          knn_pooling=config.eval.knn_pooling, flipped_features=config.eval.knn_flip)
+
+
 def pool(features: jax.Array, how: str) -> jax.Array:
     """[B, H, W, C] -> the k-NN scorer's vectors: 'mean' (GAP, [B, C]) or 'flatten'
     ([B, H*W*C], which keeps where each feature is)."""

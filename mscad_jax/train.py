@@ -51,10 +51,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mode: st
             frozen = {"params": s1.params, "batch_stats": s1.batch_stats}
             det, s2 = stage2.train(config, model, frozen, data.train_images, data.train_labelled_anomaly, workdir,
                                    mesh, writer, restore_only=restore_only)
-            raw_fn = stage2.score_function(det, model, patches=config.eval.patch_knn,
-                                           rotated_features=config.eval.knn_rotations,
-                                           knn_pooling=config.eval.knn_pooling,
-                                           flipped_features=config.eval.knn_flip)
+            raw_fn = stage2.configured_score_function(config, det, model, patches=config.eval.patch_knn)
             variables = {"frozen": frozen, "detector": s2.params, "centers": s2.centers}
             results = evaluate.evaluate(config, data, raw_fn, variables, workdir, mesh, writer,
                                         pooled_fn=stage2.make_pooled_fn(model, mesh))

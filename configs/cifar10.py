@@ -1,10 +1,10 @@
-"""CIFAR-10 one-vs-rest (DESIGN section 3: CSI 94.3, Rot+Trans 89.8, GEOM 86.0).
+"""CIFAR-10 one-vs-rest (published figures to compare with: docs/method.md).
 
   python -m mscad_jax.main --config=configs/cifar10.py:normal_class=0 --workdir=...
 Other protocols: `:protocol=unbalanced,anomaly_ratio=0.05`, `:protocol=ood` (test split
 against SVHN), `:anomaly_type=style` (CIFAR-10-C style corruptions), `:anomaly_type=local`.
 On accelerators add `,model.dtype=bfloat16`: on Fashion-MNIST it scores as float32 does
-(class 0: 94.82 vs 94.81, experiments/results/benchmark_cpu.md).
+(experiments/results/benchmark_cpu.md).
 """
 
 from mscad_jax import config as base

@@ -1,4 +1,4 @@
-"""CIFAR-100 one-vs-rest on the 20 super-classes (DESIGN section 3: CSI 89.6).
+"""CIFAR-100 one-vs-rest on the 20 super-classes (published figures: docs/method.md).
 
   python -m mscad_jax.main --config=configs/cifar100.py:normal_class=0 --workdir=...
 On accelerators add `,model.dtype=bfloat16` (as configs/cifar10.py says).

@@ -2,8 +2,7 @@
 field documented is `mscad_jax/config.py`.
 
 Offline, one-class on scikit-learn's bundled digits, CPU-sized: runs with no network in
-83 s alone on two CPU cores with 166 GFLOP/s f32 matrix products (163 s on two cores at
-77 GFLOP/s).
+a couple of minutes on two CPU cores (timings: experiments/results/README.md, "Digits").
   python -m mscad_jax.main --config=configs/default.py --workdir=/tmp/anomem_default
 Args: any base field as key=value, e.g. `configs/default.py:normal_class=3`.
 """
@@ -19,13 +18,13 @@ def get_config(arg: str | None = None):
     c.model.width = 16
     c.model.num_slots = 32
     # Scale 1 (16x16 maps) too: on 16-px digits the shallowest features score best under
-    # kNN (digit 8: scale 1 98.6, scale 4 94.7), so the score is scale 1's kNN alone
-    # (eval.score_weights below); the deeper scales still train and are reported.
+    # kNN, so the score is scale 1's kNN alone (eval.score_weights below); the deeper
+    # scales still train and are reported (experiments/results/README.md, "Digits").
     c.model.scales = (1, 2, 3, 4)
     c.model.proj_dim = 32
     c.stage1.batch_size = 64  # x4 rotated copies x2 views = 512 encoder passes per step
-    # 60 epochs score as 100 did (mean over ten digits 99.72 vs 99.73, digit 8 over seeds 0-2
-    # 99.26 +- 0.08 vs 99.26 +- 0.09) in two thirds of the time (163 s vs 243 s alone).
+    # 60 epochs score as 100 did in two thirds of the time
+    # (experiments/results/digits_one_class_60_epochs.md against digits_one_class.md).
     c.stage1.epochs = 60
     c.stage1.warmup_epochs = 10
     c.stage1.base_learning_rate = 2.0  # Small batch: lr = 2.0 * 64 / 256 = 0.5.
@@ -38,18 +37,17 @@ def get_config(arg: str | None = None):
     c.stage2.hidden = 16
     c.stage2.embed_dim = 16
     c.eval.batch_size = 256
-    # The rotation head is weak on digits (6 vs 9), so no rotation scorer; the raw-pixel kNN
-    # beside the learned one (same weights): mean over ten digits 99.69 -> 99.72, digit 8
-    # over seeds 0-2 98.50 +- 0.36 -> 99.04 +- 0.13 (its floor 99.26).
+    # The rotation head is weak on digits (a 6 rotated is a 9), so no rotation scorer. The
+    # raw-pixel kNN beside the learned one lifted digit 8 toward its floor
+    # (experiments/results/digits_digit8_seeds.md); issue 26 takes it out of the default.
     c.eval.scorer = ("knn", "pixel_knn")
-    c.eval.knn_k = 3  # Mean over ten digits, same weights: k=1 99.66, 3 99.69, 5 99.65, 10 99.51.
+    c.eval.knn_k = 3  # The best k of 1, 3, 5, 10 over ten digits (experiments/results/README.md, "Digits").
     # Euclidean kNN keeps the features' norm (how much ink), which cosine divides away: a
-    # thin 1 is far from an 8. Same weights: digit 8 over seeds 0-2 99.01 +- 0.16 -> 99.26 +- 0.09
-    # (its floor 99.26), mean over ten digits 99.72 -> 99.73 (experiments/results/digits_digit8_seeds.md).
+    # thin 1 is far from an 8 (experiments/results/digits_digit8_seeds.md).
     c.eval.knn_metric = "euclidean"
-    c.eval.score_weights = (1.0, 0.0, 0.0, 0.0)  # Mean over ten digits 99.65 vs 99.58 with all four scales.
-    # The stage-2 detector (reported, not in the score) on scale 1 ranks digit 0's test split
-    # backwards (AUROC 22.5); on scales 2-4 it scores 95.9 (all four: 90.5), and its maps are the plots'.
+    c.eval.score_weights = (1.0, 0.0, 0.0, 0.0)  # Scale 1 alone beat fusing more scales (results README, "Digits").
+    # The stage-2 detector (reported, not in the score) ranks digit 0 backwards on scale 1's
+    # maps and well on scales 2-4, whose maps are the plots' (results README, "Digits").
     c.eval.detector_weights = (0.0, 1.0, 1.0, 1.0)
     c.log_every_steps = 25
     c.checkpoint_every_steps = 200

@@ -59,7 +59,7 @@ def main(argv):
                 sub = f"class{k}" if seed == 0 else f"class{k}_seed{seed}"
                 per_seed.append(sweep_classes.run(config, os.path.join(sweep_classes._WORKDIR.value, name, sub)))
             aurocs.append(100 * np.mean([r["auroc"] for r in per_seed]))
-            for col, key in (("detector", "auroc_detector"), ("A0", "auroc_training_free"), ("kNN", "auroc_knn"),
+            for col, key in (("detector", "auroc_detector"), ("A0", "auroc_a0"), ("kNN", "auroc_knn"),
                              ("rotation", "auroc_rotation")):
                 values = [r[key] for r in per_seed if r.get(key) is not None]
                 by_scorer[col].append(100 * np.mean(values) if values else None)

@@ -4,13 +4,13 @@ The project's floor, raw-pixel 5-NN on whole images, is weak against a small def
 scar changes a few pixels out of 784. This baseline keeps where each pixel is: every
 `--patch` x `--patch` pixel patch of a test image against the patches within `--radius`
 of the same place in its `--neighbours` nearest normal training images (whole-image
-pixels pick the neighbours), measured as `eval.patch_knn_distance` measures learned
+pixels pick the neighbours), measured as experiments/patch_knn.py measures learned
 features: `--distance=nearest`, the Euclidean distance to the closest (SPADE),
 `--distance=ridge`, what a ridge reconstruction out of them leaves (`--penalty`), or
 `--distance=image_ridge`, what one ridge reconstruction of the whole image out of its
 neighbours leaves (`--patch=1`, `--radius=0`), each signed residual averaged over
 `--window` x `--window` pixels before its norm. The image score is the worst position,
-the map is the pixel AUROC's. It is what `eval.patch_knn`
+the map is the pixel AUROC's. It is what experiments/patch_knn.py
 does with learned features, on pixels; a learned local scorer has to beat it.
 
   TFDS_DATA_DIR=../shared/tensorflow_datasets python experiments/local_pixel_baseline.py \
@@ -23,18 +23,21 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from mscad_jax import config as config_lib
-from mscad_jax import files, knn, metrics
+from mscad_jax import files, metrics
 from mscad_jax.data import protocols
+from mscad_jax.scoring import knn
+from mscad_jax.scoring.spec import PIXEL_FLOOR_K
+
+import patch_knn  # experiments/patch_knn.py, beside this script
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A local-anomaly config (configs/<name>.py[:args]).",
                                           lock_config=True)
 _NEIGHBOURS = flags.DEFINE_integer("neighbours", 50, "Nearest normal training images each test image is compared with.")
 _RADIUS = flags.DEFINE_integer("radius", 1, "Pixels of slack along each axis.")
 _PATCH = flags.DEFINE_integer("patch", 3, "Side of the pixel patch each position is compared as (odd).")
-_DISTANCE = flags.DEFINE_enum("distance", "nearest", config_lib.PATCH_KNN_DISTANCES, "As eval.patch_knn_distance.")
+_DISTANCE = flags.DEFINE_enum("distance", "nearest", patch_knn.DISTANCES, "As patch_knn.py --distance.")
 _PENALTY = flags.DEFINE_float("penalty", 0.1, "--distance=ridge or image_ridge: the ridge penalty.")
-_WINDOW = flags.DEFINE_integer("window", 1, "--distance=ridge or image_ridge: as eval.patch_knn_window, in pixels.")
+_WINDOW = flags.DEFINE_integer("window", 1, "--distance=ridge or image_ridge: as patch_knn.py --window, in pixels.")
 _SCORES_OUT = flags.DEFINE_string("scores_out", None, "Also write each test image's score to this CSV "
                                   "(index, is_anomaly, score; for experiments/local_visibility.py).")
 flags.mark_flags_as_required(["config"])
@@ -57,9 +60,9 @@ def main(argv: list[str]) -> None:
     config = _CONFIG.value
     data = protocols.build_protocol(config)
     normal = data.train_images[~data.train_labelled_anomaly]
-    neighbours = knn.nearest_rows(normal / 255.0, data.test_images / 255.0, _NEIGHBOURS.value, "euclidean")[1]
+    neighbours = patch_knn.nearest_rows(normal / 255.0, data.test_images / 255.0, _NEIGHBOURS.value, "euclidean")[1]
     bank, queries = pixel_patches(normal, _PATCH.value), pixel_patches(data.test_images, _PATCH.value)
-    maps = knn.aligned_map(_DISTANCE.value, bank, queries, neighbours, _RADIUS.value, _PENALTY.value, _WINDOW.value,
+    maps = patch_knn.aligned_map(_DISTANCE.value, bank, queries, neighbours, _RADIUS.value, _PENALTY.value, _WINDOW.value,
                            "euclidean")
     scores = maps.reshape(len(maps), -1).max(axis=1)
     image = metrics.image_metrics(scores, data.test_labels)["auroc"]
@@ -68,10 +71,11 @@ def main(argv: list[str]) -> None:
                                                     "score": scores})
     print(f"| {config.dataset} class {config.normal_class} {config.anomaly_type}/{config.local_kind} "
           f"| {_DISTANCE.value} K={_NEIGHBOURS.value} radius={_RADIUS.value} patch={_PATCH.value} "
-          f"{f'penalty={_PENALTY.value} window={_WINDOW.value} ' if _DISTANCE.value in config_lib.RIDGE_DISTANCES else ''}"
+          f"{f'penalty={_PENALTY.value} window={_WINDOW.value} ' if _DISTANCE.value in patch_knn.RIDGE_DISTANCES else ''}"
           f"| image AUROC {100 * image:.2f} "
           f"| pixel AUROC {100 * metrics.pixel_auroc(maps, data.test_masks):.2f} "
-          f"| raw-pixel 5-NN floor {100 * knn.pixel_floor_auroc(normal, data.test_images, data.test_labels):.2f} |")
+          f"| raw-pixel {PIXEL_FLOOR_K}-NN floor "
+          f"{100 * knn.pixel_floor_auroc(normal, data.test_images, data.test_labels, PIXEL_FLOOR_K):.2f} |")
 
 
 if __name__ == "__main__":

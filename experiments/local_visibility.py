@@ -4,7 +4,7 @@ A synthetic scar is painted in a uniform random colour: on a grey garment a grey
 its own changes almost nothing (on Fashion-MNIST class 0 a quarter of the scars change
 their pixels by less than 0.2 on average). Every scorer ranks those near chance, and they
 cap the image AUROC of the whole split. This script
-measures each test anomaly's contrast (`metrics.local_contrast`: the mean change over
+measures each test anomaly's contrast (`helpers.local_contrast`: the mean change over
 its mask, in [0, 1] units) and reports the AUROC of the normal images against the
 anomalies of each contrast band, for any score column of a run's `scores.csv`.
 
@@ -25,6 +25,8 @@ from ml_collections import config_flags
 
 from mscad_jax import metrics
 from mscad_jax.data import protocols
+
+import helpers  # experiments/helpers.py, beside this script
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "The run's local-anomaly config (configs/<name>.py[:args]).",
                                           lock_config=True)
@@ -53,7 +55,7 @@ def main(argv: list[str]) -> None:
     data = protocols.build_protocol(config)
     labels = data.test_labels
     normal, anomalous = labels == 0, labels == 1
-    contrast = metrics.local_contrast(data.test_images[normal], data.test_images[anomalous],
+    contrast = helpers.local_contrast(data.test_images[normal], data.test_images[anomalous],
                                       data.test_masks[anomalous])
     edges = [0.0, *map(float, _EDGES.value), np.inf]
     band = np.full(len(labels), -1)

@@ -25,9 +25,14 @@ from clu import metric_writers
 from ml_collections import config_flags
 
 from mscad_jax import config as config_lib
-from mscad_jax import cli, evaluate, files, logs, metrics, parallel, plots, scorer, stage1, stage2
+from mscad_jax import cli, evaluate, files, logs, metrics, parallel, stage1
 from mscad_jax.data import protocols
 from mscad_jax.models import anomem
+from mscad_jax.scoring import function as scoring
+from mscad_jax.scoring import spec as scoring_spec
+from mscad_jax.scoring import state as scoring_state
+
+import helpers  # experiments/helpers.py, beside this script
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A finished run's workdir.", required=True)
 _CONFIG = config_flags.DEFINE_config_file("config", None, "The run's config (configs/<name>.py[:args]).",
@@ -50,15 +55,15 @@ def _events(workdir: str) -> dict[str, list[tuple[int, float]]]:
 
 def _aurocs(config, data, model, frozen, names, mesh) -> dict[str, dict[str, float]]:
     """{'a0' | 'knn': {scale or 'combined': AUROC}} for one set of stage-1 variables,
-    scored by the project's scorer (mscad_jax.scorer) without a stage 2."""
-    raw_fn = stage2.score_function(None, model)
-    variables = scorer.with_defaults({"frozen": frozen})
+    scored by the project's scoring function (mscad_jax.scoring) without a stage 2."""
+    spec = scoring_spec.ScorerSpec(tuple(names), (1.0,) * len(names), ("a0", "knn"), knn_k=config.eval.knn_k)
+    variables = scoring_state.with_defaults({"frozen": frozen})
     normal = data.train_images[~data.train_labelled_anomaly]
-    raw_jit = parallel.jit_over_batch(raw_fn, mesh, 3)
+    raw_jit = parallel.jit_over_batch(scoring.raw_score_function(model, None, spec.knn_pooling), mesh, 3)
     train = evaluate.score_images(raw_jit, (frozen, {}, {}), normal, config.eval.batch_size, mesh, keep_maps=False)
-    state, spec = scorer.fit(train, variables, tuple(names), (1.0,) * len(names), ("a0", "knn"), config.eval.knn_k)
-    test = evaluate.score_images(parallel.jit_over_batch(scorer.make_scorer(raw_fn, spec), mesh, 1), (state,), data.test_images,
-                                 config.eval.batch_size, mesh, keep_maps=False)
+    state, spec = scoring.fit(train, variables, spec)
+    test = evaluate.score_images(parallel.jit_over_batch(scoring.make_scorer(model, None, spec), mesh, 1), (state,),
+                                 data.test_images, config.eval.batch_size, mesh, keep_maps=False)
     out = {}
     for kind in ("a0", "knn"):
         out[kind] = metrics.per_scale_auroc({n: test[f"{kind}/{n}"] for n in names}, data.test_labels)
@@ -96,7 +101,7 @@ def main(argv):
     steps_per_sec = [v for _, v in series.get("stage1/steps_per_second", [])][: max(1, len(loss))]
     curve = {k: v for k, v in series.items() if k == "stage1/loss" or k.endswith("/contrastive")}
     plot_path = os.path.splitext(_OUT.value)[0] + "_loss.png"
-    plots.plot_loss_curves({k: v for k, v in curve.items() if k.startswith("stage1/")}, plot_path)
+    helpers.plot_loss_curves({k: v for k, v in curve.items() if k.startswith("stage1/")}, plot_path)
     flag_text = " ".join(a for a in sys.argv[1:] if a.startswith("--config"))
     lines = [f"# Stage 1, `{flag_text}`", "",
              f"Run `{os.path.basename(os.path.normpath(_WORKDIR.value))}`, {len(data.train_images)} training images, "

@@ -28,6 +28,7 @@ from ml_collections import config_flags
 
 from mscad_jax import config as config_lib
 from mscad_jax import cli, files, logs, report, train
+from mscad_jax.scoring import spec as scoring_spec
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/<name>.py[:args]).",
                                           lock_config=True)
@@ -50,7 +51,7 @@ REFERENCES = {
     "cifar10": "CSI 94.3, Rot+Trans 89.8, GEOM 86.0, GOAD 85.1, Deep SAD (5%) 77.9",
     "cifar100": "CSI 89.6, Rot+Trans 79.8, GEOM 78.7, GOAD 74.5",
 }
-COLUMNS = {"AUROC": "auroc", "detector": "auroc_detector", "A0": "auroc_training_free", "kNN": "auroc_knn",
+COLUMNS = {"AUROC": "auroc", "detector": "auroc_detector", "A0": "auroc_a0", "kNN": "auroc_knn",
            "rotation": "auroc_rotation", "pixel 5-NN floor": "auroc_pixel_knn_floor"}
 
 
@@ -85,7 +86,7 @@ def run(config, workdir: str, stage1_source: str | None = None) -> dict:
         logging.info("running %s", workdir)
         train.train_and_evaluate(config, workdir)
     with open(path) as f:
-        return json.load(f)
+        return report.current_keys(json.load(f))
 
 
 def runs_of_class(base, k: int, seed: int) -> list[tuple[str, object]]:
@@ -126,7 +127,7 @@ def main(argv):
             scale = 1 if col == "minutes" else 100
             row[col] = scale * float(np.mean(values)) if values else None
             if len(values) > 1 and col != "minutes":
-                row[f"{col} std"] = scale * float(np.std(values))
+                row[f"{col} std"] = scale * float(np.std(values, ddof=1))  # sample std over seeds
         row["AUROC - floor"] = row["AUROC"] - row["pixel 5-NN floor"] if row["pixel 5-NN floor"] else None
         rows.append(row)
     keys = ["class"] + [c for col in COLUMNS for c in (col, f"{col} std") if any(c in r for r in rows)]
@@ -137,7 +138,7 @@ def main(argv):
              "class, averaged" if _KNOWN_PER_CLASS.value else "")
     text = (f"# One-vs-rest, `{flag_text}`, seeds {','.join(map(str, seeds))}{known}\n\n"
             f"{report.results_table(rows, keys)}\n"
-            f"AUROC is the configured scorer (`eval.scorer={'+'.join(config_lib.scorer_names(base))}`); detector, A0, kNN and "
+            f"AUROC is the configured scorer (`eval.scorer={'+'.join(scoring_spec.scorer_names(base.eval.scorer))}`); detector, A0, kNN and "
             f"rotation are each scorer alone; the floor is raw-pixel 5-NN on the same split.\n"
             f"References (mean AUROC %): {REFERENCES.get(dataset, 'see DESIGN.md section 3')}.\n")
     for path in filter(None, (os.path.join(_WORKDIR.value, "results.md"), _OUT.value)):

@@ -10,35 +10,27 @@ from __future__ import annotations
 
 import difflib
 import os
+import sys
 from typing import Any
 
 import ml_collections
 
-# Dataset name -> (number of classes, number of coarse classes or None, channels).
-DATASETS: dict[str, tuple[int, int | None, int]] = {
-    "digits": (10, None, 1),
-    "fashion_mnist": (10, None, 1),
-    "mnist": (10, None, 1),
-    "cifar10": (10, None, 3),
-    "cifar100": (100, 20, 3),
-    "svhn_cropped": (10, None, 3),
-    "caltech_birds2011": (200, None, 3),
-    "image_folder": (0, None, 3),  # class count comes from the folder itself
-}
+from mscad_jax.data.sources import DATASETS  # the registry lives beside the readers
+from mscad_jax.errors import ConfigError
+
 PROTOCOLS = ("one_class", "unbalanced", "ood")
 ANOMALY_TYPES = ("object", "style", "local")
 MODES = ("train", "evaluate")
-KNN_POOLINGS = ("mean", "flatten")
-KNN_METRICS = ("cosine", "euclidean")
-PATCH_KNN_DISTANCES = ("ridge", "image_ridge", "nearest")
-# The distances that reconstruct from the neighbours (and so take a penalty and a window).
-RIDGE_DISTANCES = ("ridge", "image_ridge")
-# eval.patch_knn_neighbours_on: which flattened map picks each image's nearest normal images.
-PATCH_KNN_NEIGHBOURS_ON = ("deepest", "same")
-
-
-class ConfigError(ValueError):
-    """A config field has a value that cannot work; the message says which and why."""
+# Fields earlier versions had: a workdir's config.json that names one still evaluates and
+# exports; the field is ignored with one warning line. Why each went: the closing notes of
+# issue 25 (code no config used, levers measured without gain, or moved to experiments/).
+RETIRED_FIELDS = (
+    "model.local_head", "stage1.local_anomalies", "stage1.local_weight",
+    "eval.knn_rotations", "eval.knn_flip", "eval.patch_knn", "eval.patch_bank_size",
+    "eval.patch_knn_neighbours", "eval.patch_knn_radius", "eval.patch_knn_distance",
+    "eval.patch_knn_ridge_penalty", "eval.patch_knn_window", "eval.patch_knn_neighbours_on",
+    "eval.patch_knn_weights", "eval.patch_knn_pixels", "eval.patch_knn_pixels_window",
+)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -76,11 +68,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.key_dim = 64  # Key/query size of the projected memory.
     c.model.proj_dim = 128  # Output size of each projection head g_s.
     c.model.deviation = "normalized"  # D_s: normalized (unit F - unit R per position) | difference (F - R, DESIGN).
-    # normalized is the default because it measured better: Fashion-MNIST class 0, cpu config,
-    # AUROC 78.4 vs 70.5 and A0 AUROC 68.7 vs 36.9 (raw F - R is dominated by feature norms).
+    # normalized is the default: raw F - R is dominated by feature norms, and it cost A0
+    # (experiments/results/README.md, "Ablation").
     c.model.dtype = "float32"  # Compute dtype: float32 | bfloat16 (params stay float32).
     c.model.rotation_head = False  # 4-way rotation classifier on the deepest scale (CSI); trained when stage1.rotations.
-    c.model.local_head = False  # A 1x1-conv per scale that segments local anomalies in F_s; trained by stage1.local_anomalies.
 
     # ---- stage 1: memory-augmented contrastive learning ----------------------------
     c.stage1 = ml_collections.ConfigDict()
@@ -102,10 +93,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.stage1.repulsion_weight = 1.0  # Weight of the labelled-anomaly repulsion term.
     c.stage1.repulsion_margin = 0.0  # Cosine margin of the repulsion term.
     c.stage1.synthetic_anomalies = ()  # Kinds (cutpaste, scar, rotation) of one corrupted copy per image, a labelled anomaly (batch x2).
-    # A dense objective: the first views also enter with a local anomaly pasted in (batch
-    # x1.5), and model.local_head learns where it is, per position of every scale.
-    c.stage1.local_anomalies = ()  # Kinds (cutpaste, scar) for model.local_head's per-position segmentation; () = off.
-    c.stage1.local_weight = 1.0  # Weight of that per-position binary cross-entropy.
     c.stage1.augment = augment_section()  # The views of the contrastive task (fields: augment_section).
     # ---- stage 2: deviation-map detectors -----------------------------------------
     c.stage2 = ml_collections.ConfigDict()
@@ -127,30 +114,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.batch_size = 512  # Global batch for scoring.
     c.eval.score_weights = ()  # w_s per configured scale for the final score; () = all 1.
     c.eval.detector_weights = ()  # w_s per configured scale for the detector scorer and the localisation maps; () = eval.score_weights.
-    c.eval.scorer = ("detector",)  # Standardised scorers summed into the score; see mscad_jax.fusion.SCORERS.
-    c.eval.knn_rotations = False  # knn on the pooled features of the image at all four rotations (test-time ensemble).
-    c.eval.knn_flip = False  # knn also on the features of the image mirrored left-right (test-time ensemble).
+    c.eval.scorer = ("detector",)  # Standardised scorers summed into the score; see mscad_jax.scoring.spec.SCORERS.
     c.eval.knn_k = 5  # Neighbours of the knn scorer (distance of its feature vectors to normal training images).
     c.eval.knn_metric = "cosine"  # knn distance: cosine (L2-normalised vectors) | euclidean (raw vectors: keeps their norm).
     c.eval.knn_pooling = "mean"  # knn vectors: mean (GAP of each scale) | flatten (keeps where each feature is).
-    c.eval.pixel_floor = True  # Also report the raw-pixel 5-NN AUROC of the same split (the floor to clear).
-    c.eval.patch_knn = False  # Also measure auroc_patch_knn and its pixel AUROC (per position; costs memory).
-    c.eval.patch_bank_size = 20000  # Normal training patches per scale in the patch_knn bank (seeded draw).
-    # K > 0 compares each position with the same place in the K nearest normal training
-    # images (SPADE): on Fashion-MNIST local anomalies (cutpaste) 81.2 vs 69.7 for the bank,
-    # and 85.1 with the ridge distance below (K = 20 / 50 / 100: 84.5 / 85.1 / 85.2).
-    # Images whose objects are not aligned (textures) may want the bank (0).
-    c.eval.patch_knn_neighbours = 50  # patch_knn: K nearest normal images; 0 = a bank of patches from anywhere (PatchCore).
-    c.eval.patch_knn_radius = 0  # With neighbours: positions of slack along each axis, at each scale's resolution.
-    # Cutpaste / scar on Fashion-MNIST class 0, K=50: ridge 85.1 / 74.0, nearest 81.2 / 69.5,
-    # image_ridge 84.8 / 73.7; ridge with window 2: 86.3 / 73.6, and its maps localise worse.
-    c.eval.patch_knn_distance = "ridge"  # With neighbours: ridge (each place a ridge fit out of those places) | image_ridge (one fit for the whole map) | nearest (SPADE).
-    c.eval.patch_knn_ridge_penalty = 1.0  # ridge, image_ridge: the ridge penalty (features are not normalised).
-    c.eval.patch_knn_window = 1  # ridge, image_ridge: signed residual averaged over window x window positions before its norm.
-    c.eval.patch_knn_neighbours_on = "deepest"  # With neighbours: the map that picks the K nearest images: deepest (one pick for all scales) | same (each scale's own).
-    c.eval.patch_knn_weights = ()  # w_s per configured scale for auroc_patch_knn and its maps; () = eval.score_weights.
-    c.eval.patch_knn_pixels = 0.0  # Weight of the raw [0, 1] image as one more patch_knn map (ridge distances, own pixel-picked neighbours); 0 = off.
-    c.eval.patch_knn_pixels_window = 4  # That map's eval.patch_knn_window, in pixels.
+    c.eval.pixel_floor = True  # Also report the raw-pixel k-NN AUROC (k = scoring.spec.PIXEL_FLOOR_K) of the same split: the floor to clear.
     c.eval.linear_eval = False  # Linear probe on frozen pooled features of the full dataset.
     c.eval.linear_eval_max_examples = 20000  # Cap on linear-probe training images.
     c.eval.plots = True  # ROC, histograms, top anomalies with heatmaps.
@@ -294,15 +262,20 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]
 
 def from_json(saved: dict[str, Any]) -> ml_collections.ConfigDict:
     """The config a run wrote to WORKDIR/config.json, rebuilt on the base config (JSON
-    lists back to tuples). A field this version no longer has is an error."""
+    lists back to tuples). A field of `RETIRED_FIELDS` is ignored with one warning line;
+    any other field this version does not have is an error."""
     def leaves(d: dict[str, Any], prefix: str = ""):
         for key, value in d.items():
-            if isinstance(value, dict):
+            if isinstance(value, dict) and f"{prefix}{key}" not in RETIRED_FIELDS:
                 yield from leaves(value, f"{prefix}{key}.")
             else:
                 yield f"{prefix}{key}", tuple(value) if isinstance(value, list) else value
 
-    return apply_overrides(base_config(), dict(leaves(saved)))
+    fields = dict(leaves(saved))
+    retired = sorted(f for f in fields if f in RETIRED_FIELDS)
+    if retired:
+        print(f"warning: ignoring fields this version retired: {', '.join(retired)}", file=sys.stderr)
+    return apply_overrides(base_config(), {k: v for k, v in fields.items() if k not in RETIRED_FIELDS})
 
 
 def _get(config: ml_collections.ConfigDict, field: str) -> Any:
@@ -324,24 +297,37 @@ def num_classes(config: ml_collections.ConfigDict) -> int:
     return fine
 
 
-def scorer_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-    """The scorers of `eval.scorer`; 'knn+rotation' and ('knn', 'rotation') are the same
-    (a `--config.eval.scorer=knn+rotation` flag arrives as one string)."""
-    return tuple(name for entry in config.eval.scorer for name in str(entry).split("+") if name)
-
-
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
     """Raises ConfigError for the first field that cannot work.
 
     Runs before anything is written or loaded. `num_devices` (global) is checked
-    against the batch sizes when given.
+    against the batch sizes when given. Each section is checked beside the registry of
+    the values it allows (they are imported here: they pull in JAX).
     """
-    if config.dataset not in DATASETS:
-        _fail("dataset", config.dataset, f"allowed: {', '.join(DATASETS)}")
-    if config.protocol not in PROTOCOLS:
-        _fail("protocol", config.protocol, f"allowed: {', '.join(PROTOCOLS)}")
-    if config.anomaly_type not in ANOMALY_TYPES:
-        _fail("anomaly_type", config.anomaly_type, f"allowed: {', '.join(ANOMALY_TYPES)}")
+    from mscad_jax.scoring import spec as scoring_spec
+
+    _check_data(config)
+    _check_model(config.model, config.image_size)
+    _check_stages(config)
+    scoring_spec.check_eval_section(config.eval, config.model, _fail)
+    if config.eval.batch_size <= 0:
+        _fail("eval.batch_size", config.eval.batch_size, "must be positive")
+    if num_devices is not None:
+        for field in ("stage1.batch_size", "stage2.batch_size", "eval.batch_size"):
+            if _get(config, field) % num_devices:
+                _fail(field, _get(config, field),
+                      f"the global batch must be divisible by the number of devices ({num_devices})")
+
+
+def _check_data(config: ml_collections.ConfigDict) -> None:
+    """Dataset, protocol and anomaly fields."""
+    from mscad_jax.data.anomalies import LOCAL_ANOMALIES, SEVERITIES, STYLE_CORRUPTIONS
+
+    for field, allowed in (("dataset", DATASETS), ("protocol", PROTOCOLS), ("anomaly_type", ANOMALY_TYPES),
+                           ("style_corruption", STYLE_CORRUPTIONS), ("style_severity", SEVERITIES),
+                           ("local_kind", LOCAL_ANOMALIES)):
+        if config[field] not in allowed:
+            _fail(field, config[field], f"allowed: {', '.join(map(str, allowed))}")
     if config.protocol == "ood" and config.anomaly_type != "object":
         _fail("anomaly_type", config.anomaly_type, "the ood protocol only takes 'object'")
     if config.coarse_label and DATASETS[config.dataset][1] is None:
@@ -368,24 +354,19 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
             _fail("ood_datasets", tuple(config.ood_datasets), "name at least one dataset")
         for name in config.ood_datasets:
             if name not in DATASETS or name == "image_folder":
-                _fail("ood_datasets", tuple(config.ood_datasets), f"allowed: {', '.join(d for d in DATASETS if d != 'image_folder')}")
+                _fail("ood_datasets", tuple(config.ood_datasets),
+                      f"allowed: {', '.join(d for d in DATASETS if d != 'image_folder')}")
     if config.data_dir is not None and not os.path.isdir(config.data_dir):
         _fail("data_dir", config.data_dir, "directory does not exist")
-    # Allowed values come from the registries that implement them (imported here: they pull in JAX).
-    from mscad_jax.data.anomalies import LOCAL_ANOMALIES, SEVERITIES, STYLE_CORRUPTIONS, SYNTHETIC_ANOMALIES
-    from mscad_jax.fusion import SCORERS
+    if config.image_size < 8:
+        _fail("image_size", config.image_size, "must be at least 8")
+
+
+def _check_model(m: ml_collections.ConfigDict, image_size: int) -> None:
+    """The `model` section."""
     from mscad_jax.models.anomem import DEVIATIONS
-    from mscad_jax.models.detector import POOLINGS
     from mscad_jax.models.resnet import RESNET_LAYOUTS
 
-    if config.style_corruption not in STYLE_CORRUPTIONS:
-        _fail("style_corruption", config.style_corruption, f"allowed: {', '.join(STYLE_CORRUPTIONS)}")
-    if config.style_severity not in SEVERITIES:
-        _fail("style_severity", config.style_severity, f"allowed: {', '.join(map(str, SEVERITIES))}")
-    if config.local_kind not in LOCAL_ANOMALIES:
-        _fail("local_kind", config.local_kind, f"allowed: {', '.join(LOCAL_ANOMALIES)}")
-
-    m = config.model
     scales = tuple(m.scales)
     if not scales or len(set(scales)) != len(scales) or not set(scales) <= {1, 2, 3, 4}:
         _fail("model.scales", scales, "a non-empty set of distinct stages from 1, 2, 3, 4")
@@ -393,19 +374,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         _fail("model.depth", m.depth, f"allowed: {', '.join(map(str, RESNET_LAYOUTS))}")
     if m.deviation not in DEVIATIONS:
         _fail("model.deviation", m.deviation, f"allowed: {', '.join(DEVIATIONS)}")
-    for stage in ("stage1", "stage2"):
-        synthetic = tuple(config[stage].synthetic_anomalies)
-        if len(set(synthetic)) != len(synthetic) or not set(synthetic) <= set(SYNTHETIC_ANOMALIES):
-            _fail(f"{stage}.synthetic_anomalies", synthetic, f"distinct kinds from {', '.join(SYNTHETIC_ANOMALIES)}")
-    local = tuple(config.stage1.local_anomalies)
-    if len(set(local)) != len(local) or not set(local) <= set(LOCAL_ANOMALIES):
-        _fail("stage1.local_anomalies", local, f"distinct kinds from {', '.join(LOCAL_ANOMALIES)}")
-    if local and not m.local_head:
-        _fail("stage1.local_anomalies", local, "they train model.local_head: set it True (or these to ())")
-    if m.local_head and not local:
-        _fail("model.local_head", m.local_head, "is trained by stage1.local_anomalies: name kinds there (or set False)")
-    if config.stage2.pooling not in POOLINGS:
-        _fail("stage2.pooling", config.stage2.pooling, f"allowed: {', '.join(POOLINGS)}")
     if m.dtype not in ("float32", "bfloat16"):
         _fail("model.dtype", m.dtype, "allowed: float32, bfloat16")
     for field in ("width", "num_slots", "proj_dim", "key_dim"):
@@ -413,107 +381,51 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
             _fail(f"model.{field}", m[field], "must be a positive integer")
     if m.beta <= 0:
         _fail("model.beta", m.beta, "must be positive")
-    if config.image_size < 8:
-        _fail("image_size", config.image_size, "must be at least 8")
 
-    scorers = scorer_names(config)
-    if "patch_knn" in scorers:
-        _fail("eval.scorer", scorers, "patch_knn is measured beside the score (eval.patch_knn=True writes "
-              "auroc_patch_knn), not part of it: its patch bank does not fit the exported scorer")
-    if not scorers or len(set(scorers)) != len(scorers) or not set(scorers) <= set(SCORERS):
-        _fail("eval.scorer", scorers, f"distinct names from {', '.join(SCORERS)}, joined with '+'")
-    if "rotation" in scorers and not m.rotation_head:
-        _fail("eval.scorer", scorers, "the rotation scorer needs model.rotation_head=True")
-    if "local" in scorers and not m.local_head:
-        _fail("eval.scorer", scorers, "the local scorer needs model.local_head=True (and stage1.local_anomalies)")
-    if "patch_memory" in scorers and m.projected_memory:
-        _fail("eval.scorer", scorers, "patch_memory compares features with slots: not with model.projected_memory")
-    if m.rotation_head and not config.stage1.rotations:
+
+def _check_stages(config: ml_collections.ConfigDict) -> None:
+    """The `stage1` and `stage2` sections and the bookkeeping cadences."""
+    from mscad_jax.data.anomalies import SYNTHETIC_ANOMALIES
+    from mscad_jax.models.detector import POOLINGS
+
+    for stage in ("stage1", "stage2"):
+        synthetic = tuple(config[stage].synthetic_anomalies)
+        if len(set(synthetic)) != len(synthetic) or not set(synthetic) <= set(SYNTHETIC_ANOMALIES):
+            _fail(f"{stage}.synthetic_anomalies", synthetic, f"distinct kinds from {', '.join(SYNTHETIC_ANOMALIES)}")
+    if config.stage2.pooling not in POOLINGS:
+        _fail("stage2.pooling", config.stage2.pooling, f"allowed: {', '.join(POOLINGS)}")
+    if config.model.rotation_head and not config.stage1.rotations:
         _fail("stage1.rotations", config.stage1.rotations,
               "model.rotation_head=True is trained on rotated copies: set True (or the head False)")
-    if config.eval.knn_pooling not in KNN_POOLINGS:
-        _fail("eval.knn_pooling", config.eval.knn_pooling, f"allowed: {', '.join(KNN_POOLINGS)}")
-    if config.eval.knn_metric not in KNN_METRICS:
-        _fail("eval.knn_metric", config.eval.knn_metric, f"allowed: {', '.join(KNN_METRICS)}")
-    if config.eval.knn_k < 1:
-        _fail("eval.knn_k", config.eval.knn_k, "must be a positive integer")
-
-    for weights_field in ("stage1.scale_weights", "eval.score_weights", "eval.detector_weights",
-                          "eval.patch_knn_weights"):
-        section, name = weights_field.split(".")
-        weights = tuple(config[section][name])
-        if weights and len(weights) != len(scales):
-            _fail(weights_field, weights, f"one weight per scale in model.scales={scales}, or () for all 1")
-
-    positive = {
-        "stage1.batch_size": config.stage1.batch_size, "stage1.epochs": config.stage1.epochs,
-        "stage1.base_learning_rate": config.stage1.base_learning_rate,
-        "stage1.temperature": config.stage1.temperature,
-        "stage2.batch_size": config.stage2.batch_size, "stage2.epochs": config.stage2.epochs,
-        "stage2.learning_rate": config.stage2.learning_rate, "stage2.hidden": config.stage2.hidden,
-        "stage2.embed_dim": config.stage2.embed_dim, "eval.batch_size": config.eval.batch_size,
-        "log_every_steps": config.log_every_steps,
-        "checkpoint_every_steps": config.checkpoint_every_steps,
-    }
-    for field, value in positive.items():
-        if not value > 0:
-            _fail(field, value, "must be positive")
+    weights = tuple(config.stage1.scale_weights)
+    if weights and len(weights) != len(tuple(config.model.scales)):
+        _fail("stage1.scale_weights", weights,
+              f"one weight per scale in model.scales={tuple(config.model.scales)}, or () for all 1")
+    positive = ("stage1.batch_size", "stage1.epochs", "stage1.base_learning_rate", "stage1.temperature",
+                "stage2.batch_size", "stage2.epochs", "stage2.learning_rate", "stage2.hidden", "stage2.embed_dim",
+                "log_every_steps", "checkpoint_every_steps")
+    for field in positive:
+        if not _get(config, field) > 0:
+            _fail(field, _get(config, field), "must be positive")
     non_negative = ("stage1.warmup_epochs", "stage1.memory_weight", "stage1.instance_weight",
                     "stage1.variance_weight", "stage1.reconstruction_weight", "stage1.repulsion_weight",
-                    "stage1.rotation_weight", "stage1.local_weight", "stage2.eta")
+                    "stage1.rotation_weight", "stage2.eta")
     for field in non_negative:
-        value = _get(config, field)
-        if not value >= 0:
-            _fail(field, value, "must be >= 0")
+        if not _get(config, field) >= 0:
+            _fail(field, _get(config, field), "must be >= 0")
     for section in ("stage1.augment", "stage2.augment"):
-        a = _get(config, section)
-        for name in ("jitter_prob", "grayscale_prob", "blur_prob"):
-            if not 0.0 <= a[name] <= 1.0:
-                _fail(f"{section}.{name}", a[name], "a probability in [0, 1]")
-        if not 0.0 < a.crop_scale_min <= 1.0:
-            _fail(f"{section}.crop_scale_min", a.crop_scale_min, "must be in (0, 1]")
-        sigma = tuple(a.blur_sigma)
-        if len(sigma) != 2 or not 0.0 < sigma[0] <= sigma[1]:
-            _fail(f"{section}.blur_sigma", sigma, "a range (low, high) with 0 < low <= high, in pixels")
-        if not a.noise_std >= 0:
-            _fail(f"{section}.noise_std", a.noise_std, "must be >= 0")
-    if config.eval.patch_bank_size < 1:
-        _fail("eval.patch_bank_size", config.eval.patch_bank_size, "must be a positive integer")
-    for field in ("patch_knn_neighbours", "patch_knn_radius"):
-        if not isinstance(config.eval[field], int) or config.eval[field] < 0:
-            _fail(f"eval.{field}", config.eval[field], "must be an integer >= 0")
-    if config.eval.patch_knn_distance not in PATCH_KNN_DISTANCES:
-        _fail("eval.patch_knn_distance", config.eval.patch_knn_distance, f"allowed: {', '.join(PATCH_KNN_DISTANCES)}")
-    if config.eval.patch_knn_neighbours_on not in PATCH_KNN_NEIGHBOURS_ON:
-        _fail("eval.patch_knn_neighbours_on", config.eval.patch_knn_neighbours_on,
-              f"allowed: {', '.join(PATCH_KNN_NEIGHBOURS_ON)}")
-    ridge = config.eval.patch_knn_distance in RIDGE_DISTANCES
-    if ridge and config.eval.patch_knn_neighbours == 0:
-        _fail("eval.patch_knn_distance", config.eval.patch_knn_distance, "a ridge distance reconstructs from the nearest "
-              "images; with eval.patch_knn_neighbours=0 (a bank of patches from anywhere) use 'nearest'")
-    if not config.eval.patch_knn_ridge_penalty > 0:
-        _fail("eval.patch_knn_ridge_penalty", config.eval.patch_knn_ridge_penalty, "must be > 0")
-    if not isinstance(config.eval.patch_knn_window, int) or config.eval.patch_knn_window < 1:
-        _fail("eval.patch_knn_window", config.eval.patch_knn_window, "must be an integer >= 1")
-    if config.eval.patch_knn_distance == "image_ridge" and config.eval.patch_knn_radius:
-        _fail("eval.patch_knn_radius", config.eval.patch_knn_radius, "image_ridge fits whole maps, with no slack "
-              "per position: use 0")
-    if config.eval.patch_knn_neighbours_on != "deepest" and config.eval.patch_knn_neighbours == 0:
-        _fail("eval.patch_knn_neighbours_on", config.eval.patch_knn_neighbours_on, "picks nearest images: needs "
-              "eval.patch_knn_neighbours > 0 (0 is a bank of patches from anywhere)")
-    if config.eval.patch_knn_pixels < 0:
-        _fail("eval.patch_knn_pixels", config.eval.patch_knn_pixels, "must be >= 0 (0 leaves the pixels out)")
-    if config.eval.patch_knn_pixels and not ridge:
-        _fail("eval.patch_knn_pixels", config.eval.patch_knn_pixels, "scores the pixels by a ridge residual: needs "
-              f"eval.patch_knn_distance in {', '.join(RIDGE_DISTANCES)}")
-    if not isinstance(config.eval.patch_knn_pixels_window, int) or config.eval.patch_knn_pixels_window < 1:
-        _fail("eval.patch_knn_pixels_window", config.eval.patch_knn_pixels_window, "must be an integer >= 1")
-    if config.eval.patch_knn_window > 1 and not ridge:
-        _fail("eval.patch_knn_window", config.eval.patch_knn_window, "averages a signed residual: needs "
-              f"eval.patch_knn_distance in {', '.join(RIDGE_DISTANCES)}")
-    if num_devices is not None:
-        for field in ("stage1.batch_size", "stage2.batch_size", "eval.batch_size"):
-            section, name = field.split(".")
-            if config[section][name] % num_devices:
-                _fail(field, config[section][name],
-                      f"the global batch must be divisible by the number of devices ({num_devices})")
+        _check_augment(section, _get(config, section))
+
+
+def _check_augment(section: str, a: ml_collections.ConfigDict) -> None:
+    """An `augment` section (augment_section)."""
+    for name in ("jitter_prob", "grayscale_prob", "blur_prob"):
+        if not 0.0 <= a[name] <= 1.0:
+            _fail(f"{section}.{name}", a[name], "a probability in [0, 1]")
+    if not 0.0 < a.crop_scale_min <= 1.0:
+        _fail(f"{section}.crop_scale_min", a.crop_scale_min, "must be in (0, 1]")
+    sigma = tuple(a.blur_sigma)
+    if len(sigma) != 2 or not 0.0 < sigma[0] <= sigma[1]:
+        _fail(f"{section}.blur_sigma", sigma, "a range (low, high) with 0 < low <= high, in pixels")
+    if not a.noise_std >= 0:
+        _fail(f"{section}.noise_std", a.noise_std, "must be >= 0")

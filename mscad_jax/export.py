@@ -25,10 +25,14 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
-from mscad_jax import __version__, cli, files, fusion, logs, scorer, stage2
+from mscad_jax import __version__, cli, files, logs
 from mscad_jax import config as config_lib
 from mscad_jax import exported as exported_lib
-from mscad_jax.models import anomem
+from mscad_jax.models import anomem, detector
+from mscad_jax.scoring import fusion
+from mscad_jax.scoring import function as scoring
+from mscad_jax.scoring import spec as scoring_spec
+from mscad_jax.scoring import state as scoring_state
 
 FLAGS = flags.FLAGS
 
@@ -50,7 +54,7 @@ PREPROCESSING = ("Decode the file; grayscale is tiled to RGB and an alpha channe
 OUTPUTS = {
     "score": "[N] final anomaly score: sum of the chosen scorers, each standardised on normal training data",
     "score/<scorer>": "[N] each scorer's score (per-scale scores standardised and weighted)",
-    "<a|a0|knn|patch_memory>/<scale>": "[N] raw per-scale scores (a0 is the training-free deviation energy A0)",
+    "<detector|a0|knn>/<scale>": "[N] raw per-scale scores (a0 is the training-free deviation energy A0)",
     "map": "[N, H, W] localisation map: sum_s w_s ||D_s||^2 / mean on normal data (a normal pixel ~ sum w)",
 }
 
@@ -101,13 +105,15 @@ def export(workdir: str, output: str, platforms: list[str] | None = None) -> dic
     if os.path.isfile(os.path.join(workdir, "results.json")):
         with open(os.path.join(workdir, "results.json"), encoding="utf-8") as f:
             results = json.load(f)
-    state, spec = scorer.load(os.path.join(workdir, "scorer"))
+    # The spec is the one source of the scoring settings; the config gives the architecture
+    # (and, for a spec.json written before a field existed, that field's value).
+    state, spec = scoring_state.load(os.path.join(workdir, "scorer"), defaults=scoring_spec.from_config(config))
     model = anomem.AnoMem(**config.model)
-    raw_fn = stage2.configured_score_function(config, stage2.make_detector(config), model)
-    score = scorer.make_scorer(raw_fn, spec)
-    weights = scorer.flatten(state)
+    det = detector.make_detector(spec.names, config.stage2)
+    score = scoring.make_scorer(model, det, spec)
+    weights = scoring_state.flatten(state)
     image_shape = (config.image_size, config.image_size, config_lib.DATASETS[config.dataset][2])
-    exp, kept, skipped = _lower(lambda w, images: score(scorer.with_defaults(scorer.unflatten(w)), images),
+    exp, kept, skipped = _lower(lambda w, images: score(scoring_state.with_defaults(scoring_state.unflatten(w)), images),
                                 weights, image_shape, list(platforms or ["cpu", "cuda", "tpu"]))
 
     metadata: dict[str, Any] = {
@@ -126,6 +132,7 @@ def export(workdir: str, output: str, platforms: list[str] | None = None) -> dic
         "available_scorers": list(spec.available),
         "knn_k": spec.knn_k,
         "knn_metric": spec.knn_metric,
+        "knn_pooling": spec.knn_pooling,
         "normal_statistics": {
             "per_scale": {k: {"mean": float(v[0]), "std": float(v[1])} for k, v in state["stats"].items()},
             "per_scorer": {k: {"mean": float(v[0]), "std": float(v[1])} for k, v in state["scorer_stats"].items()}},

@@ -132,7 +132,9 @@ def write_scores_csv(path: str, final: np.ndarray, classes: np.ndarray, is_anoma
     """One row per test image: index (and file path for folder datasets), source class,
     anomaly label, final score, each scorer's score and every per-scale score (written
     atomically)."""
-    per_scale = [f"{prefix}/{n}" for prefix in ("a", "a0", "knn") for n in names if f"{prefix}/{n}" in per_image]
+    from mscad_jax.scoring.spec import PER_SCALE_SCORERS
+
+    per_scale = [f"{prefix}/{n}" for prefix in PER_SCALE_SCORERS for n in names if f"{prefix}/{n}" in per_image]
     columns = {"index": np.arange(len(final)), **({} if paths is None else {"path": paths}),
                "class": classes, "is_anomaly": is_anomaly,
                "score": final, **by_scorer, **{k: per_image[k] for k in per_scale}}

@@ -13,7 +13,6 @@ batch).
 
 Functions
 ---------
-* :func:`l2_normalize` -- eps-safe row normalisation (reused by other modules).
 * :func:`nt_xent` -- SimCLR NT-Xent contrastive loss with an optional anchor mask
   (masked-out pairs are still used as negatives).
 * :func:`memory_variance` -- VICReg-style variance hinge on memory slots that
@@ -24,8 +23,6 @@ Functions
   the retrieved map to reconstruct the features.
 * :func:`rotation_cross_entropy` -- cross-entropy of a shifting-transformation
   (rotation) classifier over selected rows.
-* :func:`local_segmentation` -- per-position binary cross-entropy of a local-anomaly
-  segmentation head against box-downsampled masks.
 * :func:`deep_sad_loss` -- Deep SAD (semi-supervised Deep SVDD) loss over
   multiple scales, with optional per-sample weights for padded rows.
 """
@@ -34,19 +31,16 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import optax
 from jax.typing import ArrayLike
 
-from mscad_jax.data.anomalies import box_downsample_matrix
+from mscad_jax.ops import l2_normalize
 
 __all__ = [
-    "l2_normalize",
     "nt_xent",
     "memory_variance",
     "memory_repulsion",
     "memory_reconstruction",
     "rotation_cross_entropy",
-    "local_segmentation",
     "deep_sad_loss",
 ]
 
@@ -61,17 +55,6 @@ def _masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
     total = jnp.sum(jnp.where(mask, values, jnp.zeros_like(values)))
     count = jnp.sum(mask.astype(values.dtype))
     return total / jnp.maximum(count, 1.0)
-
-
-def l2_normalize(x: ArrayLike, axis: int = -1, eps: float = 1e-12) -> jax.Array:
-    """Scale ``x`` to unit L2 norm along ``axis``.
-
-    ``eps`` bounds the *squared* norm from below, so an all-zero vector maps to
-    zero (not NaN) and its gradient stays finite.
-    """
-    x = jnp.asarray(x)
-    sq = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
-    return x * jax.lax.rsqrt(jnp.maximum(sq, eps))
 
 
 def nt_xent(
@@ -238,18 +221,3 @@ def deep_sad_loss(
     # ``where`` so that garbage (inf/NaN) in zero-weight padded rows cannot leak.
     weighted = jnp.where(w != 0, w * per_sample, jnp.zeros_like(per_sample))
     return jnp.sum(weighted) / jnp.maximum(jnp.sum(w), 1.0)
-
-
-def local_segmentation(logits: ArrayLike, masks: ArrayLike) -> jax.Array:
-    """Mean per-position binary cross-entropy of `logits` [B, H, W] against the fraction of
-    each position's cell of the image that `masks` [B, H0, W0] (1 = anomalous) covers.
-
-    The cells tile the image as the strided encoder does (a box average of the mask, PIL's
-    BOX weights where H0 is not a multiple of H), so a feature position is asked about the
-    pixels it sees most directly.
-    """
-    logits = jnp.asarray(logits, jnp.float32)
-    masks = jnp.asarray(masks, jnp.float32)
-    (h, w), (h0, w0) = logits.shape[1:], masks.shape[1:]
-    targets = jnp.einsum("ah,bhw,cw->bac", box_downsample_matrix(h0, h), masks, box_downsample_matrix(w0, w))
-    return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, targets))

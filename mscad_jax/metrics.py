@@ -25,7 +25,6 @@ __all__ = [
     "auroc_per_anomaly_class",
     "fpr_at_tpr",
     "image_metrics",
-    "local_contrast",
     "per_scale_auroc",
     "pixel_auroc",
     "validate_scores_labels",
@@ -38,7 +37,7 @@ __all__ = [
 # ---------------------------------------------------------------------------
 
 
-def _as_binary_labels(labels: Any, name: str = "labels") -> np.ndarray:
+def as_binary_labels(labels: Any, name: str = "labels") -> np.ndarray:
     """Returns `labels` as an int64 array, checking every value is 0 or 1."""
     arr = np.asarray(labels)
     if arr.dtype == bool:
@@ -83,7 +82,7 @@ def validate_scores_labels(scores: Any, labels: Any) -> tuple[np.ndarray, np.nda
             f"scores and labels must have the same length, got {s.shape[0]} scores "
             f"and {y_raw.shape[0]} labels."
         )
-    y = _as_binary_labels(y_raw)
+    y = as_binary_labels(y_raw)
     n_pos = int(y.sum())
     n_neg = int(y.shape[0] - n_pos)
     if n_pos == 0 or n_neg == 0:
@@ -156,29 +155,6 @@ def per_scale_auroc(scores_per_scale: Mapping[str, Any], labels: Any) -> dict[st
     return out
 
 
-def local_contrast(clean: Any, corrupted: Any, masks: Any) -> np.ndarray:
-    """How visible each local anomaly is: the mean, over its mask, of the largest
-    per-channel change |corrupted - clean| in [0, 1] units (uint8 images are divided by
-    255). A scar painted in the colour it covers scores ~0 and no detector can see it.
-
-    Args:
-      clean, corrupted: [N, H, W, C] images, the same images before and after the anomaly.
-      masks: [N, H, W] anomalous pixels in {0, 1}, none of them empty.
-    """
-    a, b = np.asarray(clean), np.asarray(corrupted)
-    if a.shape != b.shape or a.ndim != 4:
-        raise ValueError(f"clean and corrupted must be [N, H, W, C] of one shape, got {a.shape} and {b.shape}.")
-    m = _as_binary_labels(masks, name="masks").astype(np.float64)
-    if m.shape != a.shape[:3]:
-        raise ValueError(f"masks must have shape {a.shape[:3]}, got {m.shape}.")
-    area = m.sum(axis=(1, 2))
-    if np.any(area == 0):
-        raise ValueError(f"masks {np.flatnonzero(area == 0).tolist()} are empty.")
-    unit = 255.0 if np.issubdtype(a.dtype, np.integer) else 1.0
-    change = np.abs(a.astype(np.float64) - b.astype(np.float64)).max(axis=-1) / unit
-    return (change * m).sum(axis=(1, 2)) / area
-
-
 # ---------------------------------------------------------------------------
 # Pixel-level metric
 # ---------------------------------------------------------------------------
@@ -221,7 +197,7 @@ def pixel_auroc(maps: Any, masks: Any | None) -> float | None:
     gt_raw = np.asarray(masks)
     if gt_raw.shape != m.shape:
         raise ValueError(f"maps and masks must have the same shape, got {m.shape} and {gt_raw.shape}.")
-    gt = _as_binary_labels(gt_raw, name="masks").ravel()
+    gt = as_binary_labels(gt_raw, name="masks").ravel()
     n_pos = int(gt.sum())
     if n_pos == 0 or n_pos == gt.size:
         return None

@@ -12,7 +12,6 @@ Conventions: label 1 = anomaly, higher score = more anomalous.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 import matplotlib
@@ -27,11 +26,10 @@ from matplotlib.figure import Figure  # noqa: E402
 from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
 
 from mscad_jax.files import atomic_write  # noqa: E402
-from mscad_jax.metrics import _as_binary_labels, validate_scores_labels  # noqa: E402
+from mscad_jax.metrics import as_binary_labels, validate_scores_labels  # noqa: E402
 
 __all__ = [
     "heatmap_overlay",
-    "plot_loss_curves",
     "plot_roc",
     "plot_score_histograms",
     "plot_top_anomalies",
@@ -41,7 +39,7 @@ __all__ = [
 _DPI = 100
 
 
-def _save(fig: Figure, path: str | os.PathLike[str]) -> str:
+def save_figure(fig: Figure, path: str | os.PathLike[str]) -> str:
     """Writes `fig` as PNG to `path` atomically and closes it, even on error."""
     try:
         with atomic_write(path, "wb") as f:
@@ -79,7 +77,7 @@ def plot_roc(
     ax.legend(loc="lower right")
     if title:
         ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_score_histograms(
@@ -106,7 +104,7 @@ def plot_score_histograms(
       `path` as a string.
     """
     s = np.asarray(scores, dtype=np.float64)
-    y = _as_binary_labels(labels)
+    y = as_binary_labels(labels)
     if s.ndim != 1 or y.shape != s.shape:
         raise ValueError(f"scores and labels must be 1-D of equal length, got {s.shape} and {y.shape}.")
     if s.size == 0:
@@ -123,7 +121,7 @@ def plot_score_histograms(
     ax.legend()
     if title:
         ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def top_k_indices(scores: Any, k: int) -> np.ndarray:
@@ -237,46 +235,7 @@ def plot_top_anomalies(
         for ax in (top, bottom):
             ax.set_xticks([])
             ax.set_yticks([])
-    return _save(fig, path)
-
-
-def plot_loss_curves(
-    history: Mapping[str, Sequence[tuple[int, float]]],
-    path: str | os.PathLike[str],
-    title: str | None = None,
-) -> str:
-    """Plots one line per named series of `(step, value)` pairs.
-
-    Empty series are skipped; an empty history still produces a (blank) plot
-    so that callers need no special case early in training.
-
-    Args:
-      history: series name -> list of (step, value).
-      path: destination PNG.
-      title: optional axes title.
-
-    Returns:
-      `path` as a string.
-    """
-    fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
-    drawn = 0
-    for name, points in history.items():
-        pts = np.asarray(list(points), dtype=np.float64)
-        if pts.size == 0:
-            continue
-        if pts.ndim != 2 or pts.shape[1] != 2:
-            plt.close(fig)
-            raise ValueError(f"series {name!r} must be a list of (step, value) pairs, got shape {pts.shape}.")
-        order = np.argsort(pts[:, 0], kind="stable")
-        ax.plot(pts[order, 0], pts[order, 1], label=str(name), lw=1.5)
-        drawn += 1
-    ax.set(xlabel="step", ylabel="value")
-    ax.grid(True, alpha=0.3)
-    if drawn:
-        ax.legend()
-    if title:
-        ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def heatmap_overlay(image: np.ndarray, heat: np.ndarray, heat_range: tuple[float, float],

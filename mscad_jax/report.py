@@ -8,6 +8,16 @@ from typing import Any
 
 import numpy as np
 
+# results.json keys of earlier versions -> today's (one name per concept).
+LEGACY_RESULT_KEYS = {"auroc_per_scale": "auroc_detector_per_scale", "auroc_training_free": "auroc_a0",
+                      "auroc_training_free_per_scale": "auroc_a0_per_scale"}
+
+
+def current_keys(results: Mapping[str, Any]) -> dict[str, Any]:
+    """A results.json of any version under today's keys (tools that read old sweeps)."""
+    return {LEGACY_RESULT_KEYS.get(k, k): v for k, v in results.items()}
+
+
 def _is_number(v: Any) -> bool:
     # bool is an Integral subclass but "True" is not something to average.
     return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
@@ -72,13 +82,14 @@ def results_table(rows: Sequence[Mapping[str, Any]], keys: Sequence[str] | None 
 
 
 SUMMARY_KEYS = ("dataset", "protocol", "normal_class", "scorer", "auroc", "aupr", "fpr95", "auroc_detector",
-                "auroc_training_free", "auroc_knn", "auroc_rotation", "auroc_pixel_knn_floor", "pixel_auroc",
+                "auroc_a0", "auroc_knn", "auroc_rotation", "auroc_pixel_knn_floor", "pixel_knn_floor_k", "pixel_auroc",
                 "linear_eval_accuracy", "num_test", "num_anomalies")
 
 
 def format_summary(results: dict[str, Any]) -> str:
     """The headline results as a two-column markdown table."""
     rows = ["| result | value |", "|---|---|"]
+    results = current_keys(results)
     for k in SUMMARY_KEYS:
         v = results.get(k)
         rows.append(f"| {k} | {'-' if v is None else f'{v:.4f}' if isinstance(v, float) else v} |")

@@ -49,8 +49,6 @@ class Stage1Hparams:
     rotation_weight: float
     augment: augment.AugmentConfig
     synthetic_anomalies: tuple[str, ...] = ()
-    local_anomalies: tuple[str, ...] = ()
-    local_weight: float = 0.0
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> "Stage1Hparams":
@@ -61,8 +59,7 @@ class Stage1Hparams:
                    float(s1.variance_weight), float(s1.reconstruction_weight), float(s1.repulsion_weight),
                    float(s1.repulsion_margin), bool(s1.rotations),
                    float(s1.rotation_weight) if config.model.rotation_head else 0.0,
-                   augment.from_config(s1.augment), tuple(s1.synthetic_anomalies), tuple(s1.local_anomalies),
-                   float(s1.local_weight))
+                   augment.from_config(s1.augment), tuple(s1.synthetic_anomalies))
 
 
 def decay_mask(params: Any) -> Any:
@@ -111,31 +108,19 @@ def abstract_state(model: anomem.AnoMem, tx: optax.GradientTransformation, seed:
 
 
 def loss_and_metrics(params, batch_stats, model: anomem.AnoMem, views: jax.Array, labelled: jax.Array,
-                     rotation: jax.Array, hp: Stage1Hparams, local_masks: jax.Array | None = None):
+                     rotation: jax.Array, hp: Stage1Hparams):
     """L1 = sum_s lambda_s (memory NT-Xent_s + instance NT-Xent_s) + mu sum_s L_var,s
-    + reconstruction + repulsion of labelled anomalies + rotation cross-entropy
-    (+ local segmentation).
+    + reconstruction + repulsion of labelled anomalies + rotation cross-entropy.
 
     views: [2N] (first N: view 1, last N: view 2, row i of each the same instance);
     labelled, rotation: [N]. Rotated copies (rotation > 0) are instances of their own for
     the instance term and the rotation head, but the memory models normality: only
     unrotated normal images are anchors of the memory terms (the rest stay negatives).
-    With `local_masks` [N, H, W], views holds N more rows, view 1 with a local anomaly
-    pasted in where the mask is 1; they enter only the local segmentation term, in which
-    the 2N plain views are all-normal.
     """
     out, new_vars = model.apply({"params": params, "batch_stats": batch_stats}, views, train=True,
                                 fixed_feature_retrieval=bool(hp.reconstruction_weight), mutable=["batch_stats"])
     metrics = {}
     total = 0.0
-    if local_masks is not None:
-        count = 2 * labelled.shape[0]
-        masks = jnp.concatenate([jnp.zeros((count,) + local_masks.shape[1:], local_masks.dtype), local_masks])
-        for name in hp.scale_names:
-            segmentation = losses.local_segmentation(out[name]["local_logits"], masks)
-            total = total + hp.local_weight * segmentation
-            metrics[f"{name}/local_segmentation"] = segmentation
-        out = jax.tree.map(lambda x: x[:count], out)  # the contrastive terms see the plain views only
     normal = ~labelled
     memory_anchor = normal & (rotation == 0)
     slots = model.memory_slots(params)
@@ -205,14 +190,9 @@ def make_train_step(model: anomem.AnoMem, tx: optax.GradientTransformation, hp: 
                                                                     hp.synthetic_anomalies)
         views, rotation = shifted_views(key, images, hp)
         labelled = jnp.tile(labelled, len(rotation) // labelled.shape[0])
-        local_masks = None
-        if hp.local_anomalies:
-            pasted, local_masks = anomalies.local_anomaly_mix(jax.random.fold_in(key, 2), views[: len(rotation)],
-                                                              hp.local_anomalies)
-            views = jnp.concatenate([views, pasted])
         grad_fn = jax.value_and_grad(loss_and_metrics, has_aux=True)
         (_, (batch_stats, metrics)), grads = grad_fn(state.params, state.batch_stats, model, views, labelled,
-                                                     rotation, hp, local_masks)
+                                                     rotation, hp)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics["grad_norm"] = optax.global_norm(grads)

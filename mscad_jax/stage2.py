@@ -9,7 +9,7 @@ Deep SAD term.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import flax
 import jax
@@ -33,19 +33,9 @@ class Stage2State:
     rng: jax.Array
 
 
-def frozen_outputs(model: anomem.AnoMem, frozen: dict, images: jax.Array) -> dict[str, dict[str, jax.Array]]:
-    """Stage-1 outputs in inference mode (BN running statistics), no gradient."""
-    out = model.apply(jax.lax.stop_gradient(frozen), images, train=False, heads=False)
-    return jax.lax.stop_gradient(out)
-
-
-def deviation_maps(outputs: dict[str, Any], names: Sequence[str]) -> dict[str, jax.Array]:
-    return {name: outputs[name]["deviation"] for name in names}
-
-
 def make_detector(config: ml_collections.ConfigDict) -> detector.MultiScaleDetector:
-    return detector.MultiScaleDetector(tuple(anomem.scale_names(config.model.scales)), config.stage2.hidden,
-                                       config.stage2.embed_dim, config.stage2.pooling)
+    """The detectors of `config.stage2`, one per configured scale."""
+    return detector.make_detector(anomem.scale_names(config.model.scales), config.stage2)
 
 
 def distances(embeddings: dict[str, jax.Array], centers: dict[str, jax.Array], names) -> jax.Array:
@@ -66,8 +56,8 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
 
 def _init_params(det: detector.MultiScaleDetector, model: anomem.AnoMem, frozen: dict,
                  image_shape: tuple[int, ...], rng: jax.Array):
-    sample = frozen_outputs(model, frozen, jnp.zeros((1,) + tuple(image_shape), jnp.float32))
-    return det.init(rng, deviation_maps(sample, det.scale_names))
+    sample = anomem.frozen_outputs(model, frozen, jnp.zeros((1,) + tuple(image_shape), jnp.float32))
+    return det.init(rng, anomem.deviation_maps(sample, det.scale_names))
 
 
 def abstract_state(det, model, frozen, tx, image_shape, mesh) -> Stage2State:
@@ -83,8 +73,8 @@ def abstract_state(det, model, frozen, tx, image_shape, mesh) -> Stage2State:
 def make_embed_fn(det, model, mesh: Mesh) -> Callable:
     """Jitted (frozen, params, images uint8) -> {scale: embedding}."""
     def embed(frozen, params, images):
-        outputs = frozen_outputs(model, frozen, input_pipeline.to_float(images))
-        return det.apply(params, deviation_maps(outputs, det.scale_names))
+        outputs = anomem.frozen_outputs(model, frozen, input_pipeline.to_float(images))
+        return det.apply(params, anomem.deviation_maps(outputs, det.scale_names))
 
     rep = parallel.replicated(mesh)
     return jax.jit(embed, in_shardings=(rep, rep, parallel.batch_sharded(mesh)),
@@ -143,7 +133,7 @@ def make_train_step(det, model, tx, config: ml_collections.ConfigDict, mesh: Mes
             # Every image also enters corrupted, as a labelled anomaly (Deep SAD's second term).
             images, labelled = anomalies.append_synthetic_anomalies(jax.random.fold_in(key, 1), images, labelled,
                                                                     synthetic)
-        deviations = deviation_maps(frozen_outputs(model, frozen, images), names)
+        deviations = anomem.deviation_maps(anomem.frozen_outputs(model, frozen, images), names)
         grad_fn = jax.value_and_grad(loss_and_metrics, has_aux=True)
         (_, metrics), grads = grad_fn(state.params, det, deviations, state.centers, labelled, eta)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -179,91 +169,12 @@ def train(config: ml_collections.ConfigDict, model: anomem.AnoMem, frozen: dict,
     return det, state
 
 
-def score_function(det: detector.MultiScaleDetector | None, model: anomem.AnoMem, patches: bool = False,
-                   rotated_features: bool = False, knn_pooling: str = "mean",
-                   flipped_features: bool = False) -> Callable:
-    """The pure (frozen, params, centers, images uint8) -> per-image scores, maps and features.
-
-    Returns {'a/<scale>': [B] detector distance, 'a0/<scale>': [B] training-free score
-    mean_hw ||D_s||^2, 'map/<scale>': [B, H, W] ||D_s[h, w]||^2 upsampled to the image,
-    'feature/<scale>': the kNN scorer's vectors, GAP(F_s) [B, C_s] (`knn_pooling='mean'`) or
-    F_s flattened [B, H_s W_s C_s] ('flatten')} and, when the
-    model has a rotation head, 'rotation': [B] sum over the four rotations r of
-    -log p(r | x rotated by r) (CSI's shifting-transformation score). Every image also
-    gets 'patch_memory/<scale>': the largest, over positions, cosine distance of F_s[h, w]
-    to its nearest memory slot, and with model.local_head 'local/<scale>', the largest
-    logit of the local-anomaly segmentation head; with `patches`, 'patches/<scale>' [B, H_s, W_s, C_s]
-    holds the unpooled features for patch-level nearest neighbours. With
-    `rotated_features`, 'feature/<scale>' concatenates the L2-normalised pooled features
-    of the image rotated by 0, 90, 180 and 270 degrees (a test-time ensemble for k-NN);
-    with `flipped_features`, those of the image mirrored left-right follow (after the
-    rotations' when both are set; without rotations an image and its mirror then get the
-    same k-NN distance).
-    With `det=None` (no stage 2 yet) there are no 'a' entries.
-    """
-    names = anomem.scale_names(model.scales)
-
-    def score(frozen, params, centers, images):
-        x = input_pipeline.to_float(images)
-        outputs = frozen_outputs(model, frozen, x)
-        deviations = deviation_maps(outputs, names)
-        embeddings = None if det is None else det.apply(params, deviations)
-        out = {}
-        for n in names:
-            energy = jnp.sum(deviations[n] ** 2, axis=-1)
-            if embeddings is not None:
-                out[f"a/{n}"] = jnp.sum((embeddings[n] - centers[n]) ** 2, axis=-1)
-            out[f"a0/{n}"] = energy.mean(axis=(1, 2))
-            out[f"map/{n}"] = jax.image.resize(energy, (x.shape[0],) + x.shape[1:3], "bilinear")
-            out[f"feature/{n}"] = pool(outputs[n]["features"], knn_pooling)
-            if not model.projected_memory:  # slots live in feature space only in the cosine form
-                slots = model.memory_slots(frozen["params"])[n]
-                nearest = jnp.max(losses.l2_normalize(outputs[n]["features"]) @ losses.l2_normalize(slots).T, -1)
-                out[f"patch_memory/{n}"] = jnp.max(1.0 - nearest, axis=(1, 2))
-            if model.local_head:  # the segmentation head's most anomalous position
-                out[f"local/{n}"] = jnp.max(outputs[n]["local_logits"], axis=(1, 2))
-            if patches:
-                out[f"patches/{n}"] = outputs[n]["features"]
-        if model.rotation_head or rotated_features:
-            rotated = [outputs] + [frozen_outputs(model, frozen, anomem.rotate(x, r))
-                                   for r in range(1, anomem.NUM_ROTATIONS)]
-            if model.rotation_head:
-                out["rotation"] = -sum(jax.nn.log_softmax(o[anomem.ROTATION_LOGITS])[:, r]
-                                       for r, o in enumerate(rotated))
-        if rotated_features or flipped_features:
-            views = rotated if rotated_features else [outputs]
-            if flipped_features:
-                views = views + [frozen_outputs(model, frozen, jnp.flip(x, axis=2))]
-            for n in names:
-                out[f"feature/{n}"] = jnp.concatenate(
-                    [losses.l2_normalize(pool(o[n]["features"], knn_pooling)) for o in views], axis=-1)
-        return out
-
-    return score
-
-
-def configured_score_function(config: ml_collections.ConfigDict, det: detector.MultiScaleDetector | None,
-                              model: anomem.AnoMem, patches: bool = False) -> Callable:
-    """`score_function` with the k-NN vectors `config.eval` asks for: the one place that
-    reads them, so an exported model scores as the evaluation that measured it did."""
-    return score_function(det, model, patches=patches, rotated_features=config.eval.knn_rotations,
-                          knn_pooling=config.eval.knn_pooling, flipped_features=config.eval.knn_flip)
-
-
-def pool(features: jax.Array, how: str) -> jax.Array:
-    """[B, H, W, C] -> the k-NN scorer's vectors: 'mean' (GAP, [B, C]) or 'flatten'
-    ([B, H*W*C], which keeps where each feature is)."""
-    if how == "flatten":
-        return features.reshape(features.shape[0], -1)
-    return features.mean(axis=(1, 2))
-
-
 def make_pooled_fn(model: anomem.AnoMem, mesh: Mesh) -> Callable:
     """Jitted (frozen, images uint8) -> {'pooled': concat_s GAP(F_s)}, for the linear probe."""
     names = anomem.scale_names(model.scales)
 
     def pooled(frozen, images):
-        out = frozen_outputs(model, frozen, input_pipeline.to_float(images))
+        out = anomem.frozen_outputs(model, frozen, input_pipeline.to_float(images))
         return {"pooled": jnp.concatenate([out[n]["features"].mean(axis=(1, 2)) for n in names], axis=-1)}
 
     return parallel.jit_over_batch(pooled, mesh, 1)

@@ -23,7 +23,6 @@ from mscad_jax import evaluate, files, logs, parallel, report, stage1, stage2
 from mscad_jax.data import input_pipeline, protocols
 
 
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mode: str = "train") -> dict[str, Any]:
     """Runs the whole job; returns the results written to workdir/results.json."""
     start = time.time()
@@ -51,9 +50,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mode: st
             frozen = {"params": s1.params, "batch_stats": s1.batch_stats}
             det, s2 = stage2.train(config, model, frozen, data.train_images, data.train_labelled_anomaly, workdir,
                                    mesh, writer, restore_only=restore_only)
-            raw_fn = stage2.configured_score_function(config, det, model, patches=config.eval.patch_knn)
             variables = {"frozen": frozen, "detector": s2.params, "centers": s2.centers}
-            results = evaluate.evaluate(config, data, raw_fn, variables, workdir, mesh, writer,
+            results = evaluate.evaluate(config, data, model, det, variables, workdir, mesh, writer,
                                         pooled_fn=stage2.make_pooled_fn(model, mesh))
         finally:
             writer.close()

@@ -139,21 +139,3 @@ def test_local_anomaly_single_and_bad_kind():
     assert "cutpaste" in str(err.value) and "scar" in str(err.value)
     with pytest.raises(ValueError, match="scar"):
         anom.local_anomaly_batch(jax.random.key(0), image[None], "blob")
-
-
-def test_local_anomaly_mix_draws_a_kind_per_image_with_its_mask():
-    images = _images(32, 16, 16, 1, seed=12)
-    mix = jax.jit(anom.local_anomaly_mix, static_argnums=2)
-    out, masks = mix(jax.random.key(13), images, ("cutpaste", "scar"))
-    assert out.shape == images.shape and masks.shape == (32, 16, 16)
-    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
-    assert set(np.unique(masks)) <= {0.0, 1.0} and np.all(masks.sum(axis=(1, 2)) >= 1)
-    inside = masks[..., None] > 0
-    np.testing.assert_array_equal(jnp.where(inside, 0.0, out), jnp.where(inside, 0.0, images))
-    # Both kinds occur: cutpaste masks fill their bounding box, most scars (rotated) do not.
-    filled = [bool(m[np.ix_(m.any(1), m.any(0))].all()) for m in np.asarray(masks)]
-    assert any(filled) and not all(filled)
-    again, masks_again = mix(jax.random.key(13), images, ("cutpaste", "scar"))
-    np.testing.assert_array_equal(out, again)
-    np.testing.assert_array_equal(masks, masks_again)
-    assert not np.array_equal(masks, mix(jax.random.key(14), images, ("cutpaste", "scar"))[1])

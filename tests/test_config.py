@@ -135,27 +135,15 @@ INVALID = [
     ("default", "eval.scorer", ("knn", "nearest")),
     ("default", "eval.scorer", ()),
     ("default", "eval.knn_k", 0),
-    ("default", "eval.patch_bank_size", 0),
-    ("default", "eval.patch_knn_neighbours", -1),
-    ("default", "eval.patch_knn_radius", -2),
-    ("default", "eval.patch_knn_distance", "farthest"),
-    ("default", "eval.patch_knn_ridge_penalty", 0.0),
-    ("default", "eval.patch_knn_window", 0),
-    ("default", "eval.patch_knn_weights", (1.0, 0.0)),  # one weight per scale
     ("default", "eval.detector_weights", (1.0, 0.0)),  # one weight per scale
-    ("default", "eval.patch_knn_neighbours_on", "shallowest"),
-    ("default", "eval.patch_knn_pixels", -1.0),
-    ("default", "eval.patch_knn_pixels_window", 0),
-    ("default", "stage1.local_anomalies", ("scar",)),  # without model.local_head
-    ("default", "stage1.local_anomalies", ("rotation",)),
-    ("default", "model.local_head", True),  # without stage1.local_anomalies
-    ("default", "stage1.local_weight", -1.0),
-    ("default", "eval.scorer", ("local",)),
+    ("default", "eval.scorer", ("local",)),  # retired
+    ("default", "eval.scorer", ("patch_memory",)),  # retired
+    ("default", "eval.batch_size", 0),
+    ("default", "stage1.scale_weights", (1.0, 0.0)),  # one weight per scale
     ("default", "stage2.pooling", "max"),
     ("default", "eval.knn_pooling", "max"),
     ("default", "eval.knn_metric", "manhattan"),
     ("default", "stage2.synthetic_anomalies", ("rotation", "blur")),
-    ("fashion_mnist", "eval.scorer", ("patch_knn",)),  # measured beside the score only
 ]
 
 
@@ -169,44 +157,6 @@ def test_validation_error_names_field_and_value(name, field, bad):
     message = str(e.value)
     assert f"config.{field}=" in message
     assert repr(bad) in message
-
-
-def test_ridge_patch_knn_needs_neighbours_and_says_what_the_bank_takes():
-    config = get_config("default")
-    config.eval.patch_knn_neighbours = 0
-    with pytest.raises(ConfigError, match="config.eval.patch_knn_distance='ridge'.*'nearest'"):
-        config_lib.validate(config)
-    config.eval.patch_knn_distance = "image_ridge"
-    with pytest.raises(ConfigError, match="config.eval.patch_knn_distance='image_ridge'.*'nearest'"):
-        config_lib.validate(config)
-    config.eval.patch_knn_distance = "nearest"
-    config_lib.validate(config)
-
-
-def test_patch_knn_window_radius_and_neighbour_map_only_where_they_apply():
-    config = get_config("default")
-    config.eval.patch_knn_neighbours_on = "same"
-    config_lib.validate(config)
-    config.eval.patch_knn_neighbours, config.eval.patch_knn_distance = 0, "nearest"
-    with pytest.raises(ConfigError, match="config.eval.patch_knn_neighbours_on='same'.*patch_knn_neighbours > 0"):
-        config_lib.validate(config)
-    config = get_config("default")
-    config.eval.patch_knn_window = 3
-    config_lib.validate(config)  # the ridge default averages the signed residual
-    config.eval.patch_knn_distance = "nearest"
-    with pytest.raises(ConfigError, match="config.eval.patch_knn_window=3.*ridge, image_ridge"):
-        config_lib.validate(config)
-    config.eval.patch_knn_distance = "image_ridge"
-    config_lib.validate(config)
-    config.eval.patch_knn_radius = 1
-    with pytest.raises(ConfigError, match="config.eval.patch_knn_radius=1.*image_ridge"):
-        config_lib.validate(config)
-    config = get_config("default")
-    config.eval.patch_knn_pixels = 1.0
-    config_lib.validate(config)
-    config.eval.patch_knn_distance = "nearest"
-    with pytest.raises(ConfigError, match="config.eval.patch_knn_pixels=1.0.*ridge, image_ridge"):
-        config_lib.validate(config)
 
 
 @pytest.mark.parametrize("bad", [0.0, 1.5, -0.1])
@@ -412,14 +362,25 @@ def test_config_json_rebuilds_the_config(name):
         config_lib.from_json({"model": {"widht": 4}})
 
 
-def test_fashion_mnist_cpu_local_preset_changes_stage1_crops_and_the_patch_knn_only():
+def test_fashion_mnist_cpu_local_preset_changes_stage1_crops_only():
     one_class = get_config("fashion_mnist", "cpu=True")
-    assert one_class.stage1.augment.crop_scale_min == 0.8 and not one_class.eval.patch_knn
     local = get_config("fashion_mnist", "cpu=True,anomaly_type=local,local_kind=scar")
-    assert local.stage1.augment.crop_scale_min == 1.0
-    assert local.eval.patch_knn and local.eval.patch_knn_distance == "image_ridge"
-    assert local.eval.patch_knn_window == 2 and tuple(local.eval.patch_knn_weights) == (1.0, 0.0, 0.0)
-    assert local.eval.patch_knn_neighbours_on == "same" and local.eval.patch_knn_pixels == 1.0
-    assert one_class.eval.patch_knn_pixels == 0.0
-    assert tuple(local.eval.score_weights) == tuple(one_class.eval.score_weights)  # the image scorers keep all scales
+    assert one_class.stage1.augment.crop_scale_min == 0.8 and local.stage1.augment.crop_scale_min == 1.0
+    local.stage1.augment.crop_scale_min = 0.8
+    local.anomaly_type, local.local_kind = one_class.anomaly_type, one_class.local_kind
+    assert local.to_json_best_effort() == one_class.to_json_best_effort()
     config_lib.validate(local)
+
+
+def test_an_old_config_json_with_retired_fields_loads_with_one_warning_line(capsys):
+    """A workdir written before fields were retired still evaluates and exports."""
+    import json
+
+    saved = json.loads(get_config("default").to_json_best_effort())
+    saved["model"]["local_head"] = False
+    saved["eval"] |= {"knn_flip": False, "patch_knn": True, "patch_knn_window": 2}
+    rebuilt = config_lib.from_json(saved)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "eval.knn_flip, eval.patch_knn, eval.patch_knn_window, model.local_head" in lines[0]
+    assert rebuilt.to_json_best_effort() == get_config("default").to_json_best_effort()
+    assert set(config_lib.RETIRED_FIELDS).isdisjoint(config_lib.field_names(config_lib.base_config()))

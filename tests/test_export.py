@@ -14,7 +14,9 @@ import pytest
 from PIL import Image
 
 from mscad_jax import config as config_lib
-from mscad_jax import export, exported, plots, score, scorer, train
+from mscad_jax import export, exported, plots, score, train
+from mscad_jax.scoring import spec as scoring_spec
+from mscad_jax.scoring import state as scoring_state
 from mscad_jax.data import protocols
 
 from conftest import make_tiny_config
@@ -52,7 +54,7 @@ def test_exported_scores_equal_the_evaluation_scores(job):
     rows = _read_csv(os.path.join(job["workdir"], "scores.csv"))
     assert len(rows) == len(out["score"]) == 540
     for column, key in (("score", "score"), ("knn", "score/knn"), ("rotation", "score/rotation"),
-                        ("detector", "score/detector"), ("pixel_knn", "score/pixel_knn"), ("a/scale3", "a/scale3"),
+                        ("detector", "score/detector"), ("pixel_knn", "score/pixel_knn"), ("detector/scale3", "detector/scale3"),
                         ("knn/scale4", "knn/scale4"), ("a0/scale2", "a0/scale2")):
         want = np.array([float(r[column]) for r in rows])
         np.testing.assert_allclose(out[key], want, rtol=1e-5, atol=1e-5, err_msg=column)
@@ -83,14 +85,35 @@ def test_metadata_describes_the_model(job):
     assert 0.0 < flagged < 0.3
 
 
-def test_a_scorer_spec_from_before_knn_metric_and_detector_weights_reads_as_cosine_and_score_weights():
-    spec = scorer.ScorerSpec(("scale2", "scale3"), (1.0, 2.0), ("knn",), ("knn",), 5)
+def test_a_scorer_spec_from_before_a_field_existed_takes_it_from_the_defaults_given():
+    spec = scoring_spec.ScorerSpec(("scale2", "scale3"), (1.0, 2.0), ("knn",), ("knn",), 5)
     written = dataclasses.asdict(spec)
-    del written["knn_metric"], written["detector_weights"]
-    assert scorer.ScorerSpec.from_json(json.loads(json.dumps(written))) == spec
+    del written["knn_metric"], written["detector_weights"], written["knn_pooling"]
+    assert scoring_spec.ScorerSpec.from_json(json.loads(json.dumps(written))) == spec
     assert spec.map_weights == (1.0, 2.0)
     own = dataclasses.replace(spec, detector_weights=(0.0, 1.0))
-    assert scorer.ScorerSpec.from_json(json.loads(json.dumps(dataclasses.asdict(own)))).map_weights == (0.0, 1.0)
+    assert scoring_spec.ScorerSpec.from_json(json.loads(json.dumps(dataclasses.asdict(own)))).map_weights == (0.0, 1.0)
+    # The run's config supplies what an older spec.json lacks (export passes it).
+    from_config = dataclasses.replace(spec, knn_pooling="flatten", knn_metric="euclidean")
+    assert scoring_spec.ScorerSpec.from_json(written, defaults=from_config) == from_config
+
+
+def test_an_old_scorer_state_reads_its_statistics_under_todays_names(job, tmp_path):
+    """A workdir evaluated before the detector's per-scale key was renamed ('a/scale2')."""
+    state, spec = scoring_state.load(os.path.join(job["workdir"], "scorer"))
+    old = dict(state)
+    old["stats"] = {k.replace("detector/", "a/"): v for k, v in state["stats"].items()}
+    scoring_state.save(str(tmp_path), old, spec)
+    reread, _ = scoring_state.load(str(tmp_path))
+    assert set(reread["stats"]) == set(state["stats"]) and any(k.startswith("detector/") for k in reread["stats"])
+
+
+def test_export_imports_no_training_code():
+    code = ("import sys; import mscad_jax.export; "
+            "print(sorted(k for k in sys.modules if k in ('mscad_jax.stage1', 'mscad_jax.stage2', 'mscad_jax.loop', "
+            "'mscad_jax.train', 'mscad_jax.evaluate', 'mscad_jax.data.anomalies', 'optax', 'orbax')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
 
 
 def test_loading_needs_neither_flax_nor_the_training_code(job):

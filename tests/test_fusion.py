@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mscad_jax import fusion
+from mscad_jax.scoring import fusion
 
 
 # ---------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from mscad_jax import losses
+from mscad_jax import losses, ops
 
 RTOL = 1e-5
 
@@ -97,9 +97,9 @@ def _uv(seed, b, d):
 
 def test_l2_normalize_unit_norm_and_zero_safe():
     x = jnp.array([[3.0, 4.0], [0.0, 0.0]])
-    y = losses.l2_normalize(x)
+    y = ops.l2_normalize(x)
     np.testing.assert_allclose(np.asarray(y), [[0.6, 0.8], [0.0, 0.0]], rtol=1e-6)
-    g = jax.grad(lambda x: jnp.sum(losses.l2_normalize(x)))(x)
+    g = jax.grad(lambda x: jnp.sum(ops.l2_normalize(x)))(x)
     assert np.all(np.isfinite(np.asarray(g)))
 
 
@@ -474,38 +474,3 @@ def test_all_losses_under_jit():
     # Python-float parameters traced as jit arguments still work.
     jitted = jax.jit(losses.nt_xent)(u, v, 0.3, mask)
     assert _rel_err(jitted, ref_nt_xent(np.asarray(u), np.asarray(v), 0.3, np.asarray(mask))) < RTOL
-
-
-def _local_segmentation_reference(logits, masks):
-    """float64: each position's target is the area fraction of its cell that the mask covers."""
-    logits, masks = np.asarray(logits, np.float64), np.asarray(masks, np.float64)
-    (b, h, w), (h0, w0) = logits.shape, masks.shape[1:]
-    total = 0.0
-    for i in range(b):
-        for y in range(h):
-            for x in range(w):
-                # Cell [y*h0/h, (y+1)*h0/h) x [x*w0/w, ...): weight each pixel by its overlap.
-                weight = np.zeros((h0, w0))
-                for py in range(h0):
-                    oy = max(0.0, min(py + 1, (y + 1) * h0 / h) - max(py, y * h0 / h))
-                    for px in range(w0):
-                        ox = max(0.0, min(px + 1, (x + 1) * w0 / w) - max(px, x * w0 / w))
-                        weight[py, px] = oy * ox
-                t = np.sum(weight * masks[i]) / np.sum(weight)
-                z = logits[i, y, x]
-                total += -t * np.log(1 / (1 + np.exp(-z))) - (1 - t) * np.log(1 - 1 / (1 + np.exp(-z)))
-    return total / (b * h * w)
-
-
-@pytest.mark.parametrize("shape", [((2, 7, 7), (2, 28, 28)), ((3, 2, 3), (3, 5, 7))])
-def test_local_segmentation_matches_reference(x64, shape):
-    (logit_shape, mask_shape) = shape
-    rng = np.random.default_rng(3)
-    logits = rng.normal(size=logit_shape) * 2
-    masks = (rng.uniform(size=mask_shape) < 0.3).astype(np.float32)
-    got = losses.local_segmentation(logits, masks)
-    np.testing.assert_allclose(float(got), _local_segmentation_reference(logits, masks), rtol=1e-5)
-    # A head that is right everywhere scores near zero; the opposite, high.
-    sure = np.full(logit_shape, -30.0)  # "nothing anomalous here", everywhere
-    assert float(losses.local_segmentation(sure, np.zeros(mask_shape))) < 1e-6
-    assert float(losses.local_segmentation(-sure, np.zeros(mask_shape))) > 10

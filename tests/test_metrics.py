@@ -196,25 +196,6 @@ def test_auroc_per_anomaly_class_against_sklearn_on_each_subset():
         metrics.auroc_per_anomaly_class(scores, labels, classes[:10])
 
 
-def test_local_contrast_is_the_mean_largest_channel_change_over_the_mask():
-    clean = np.zeros((2, 3, 3, 2), np.uint8)
-    corrupted = clean.copy()
-    corrupted[0, 0, 0] = (51, 255)  # largest channel change 1.0
-    corrupted[0, 0, 1] = (0, 0)  # masked but unchanged: change 0
-    corrupted[0, 2, 2] = (255, 255)  # changed outside the mask: ignored
-    corrupted[1, 1, 1] = (102, 0)  # 0.4
-    masks = np.zeros((2, 3, 3), np.float32)
-    masks[0, 0, :2] = 1
-    masks[1, 1, 1] = 1
-    np.testing.assert_allclose(metrics.local_contrast(clean, corrupted, masks), [0.5, 0.4])
-    # Float images are already in [0, 1].
-    np.testing.assert_allclose(metrics.local_contrast(clean / 255.0, corrupted / 255.0, masks), [0.5, 0.4])
-    with pytest.raises(ValueError, match=r"masks \[1\] are empty"):
-        metrics.local_contrast(clean, corrupted, np.concatenate([masks[:1], np.zeros_like(masks[:1])]))
-    with pytest.raises(ValueError, match="one shape"):
-        metrics.local_contrast(clean, corrupted[:1], masks)
-
-
 def test_image_auroc_is_the_share_weighted_mean_of_the_per_class_aurocs():
     # experiments/local_visibility.py reads a split's AUROC as a sum over contrast bands.
     rng = np.random.default_rng(3)

@@ -133,28 +133,6 @@ def test_plot_top_anomalies_rejects_bad_shapes(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_plot_loss_curves(tmp_path):
-    history = {
-        "loss": [(0, 2.0), (10, 1.0), (20, 0.5)],
-        "val_loss": [(10, 1.2), (0, 2.1)],  # unsorted steps are fine
-        "empty": [],
-    }
-    p = tmp_path / "loss.png"
-    img = _check_png(plots.plot_loss_curves(history, p), p)
-    assert img.shape[:2] == (400, 700)
-
-
-def test_plot_loss_curves_empty_history(tmp_path):
-    p = tmp_path / "loss.png"
-    _check_png(plots.plot_loss_curves({}, p), p)
-
-
-def test_plot_loss_curves_rejects_malformed_series(tmp_path):
-    with pytest.raises(ValueError, match="'bad'"):
-        plots.plot_loss_curves({"bad": [(0, 1.0, 2.0)]}, tmp_path / "loss.png")
-    assert os.listdir(tmp_path) == []
-
-
 def test_failed_save_leaves_old_png_and_no_temp(tmp_path, monkeypatch):
     p = tmp_path / "roc.png"
     scores, labels = _scores_labels()

@@ -1,13 +1,12 @@
 """Stage 1: the pure train step, its sharding invariance, masks, the loop and resuming."""
 
-import dataclasses
 
 import jax
 import numpy as np
 import pytest
 from clu import metric_writers
 
-from mscad_jax import losses, loop, parallel, stage1
+from mscad_jax import loop, parallel, stage1
 from mscad_jax.data import anomalies, input_pipeline
 from mscad_jax.models import anomem
 from conftest import init_variables, jitted_apply
@@ -27,8 +26,8 @@ def _setup(config, images, devices):
 def jitted_loss(model, hp):
     """stage1.loss_and_metrics under jit, as the step runs it (eager, every op would
     compile on its own: minutes for one loss on two cores)."""
-    def loss(params, batch_stats, views, labelled, rotation, local_masks=None):
-        return stage1.loss_and_metrics(params, batch_stats, model, views, labelled, rotation, hp, local_masks)
+    def loss(params, batch_stats, views, labelled, rotation):
+        return stage1.loss_and_metrics(params, batch_stats, model, views, labelled, rotation, hp)
 
     return jax.jit(loss)
 
@@ -266,30 +265,3 @@ def test_reconstruction_moves_the_memory_not_the_encoder(tiny_config, random_ima
         variables["params"])
     assert all(float(np.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads["encoder"]))
     assert float(np.abs(grads["memory_scale3"]["slots"]).max()) > 0.0
-
-
-def test_local_anomalies_add_a_segmentation_term_on_pasted_views(tiny_config, random_images):
-    """stage1.local_anomalies: view 1 also enters with a local anomaly pasted in; the step's
-    loss is the contrastive loss plus local_weight x the head's per-position cross-entropy
-    against the pasted masks (zero on every plain view)."""
-    config = tiny_config(**{"stage1.local_anomalies": ("scar",), "model.local_head": True,
-                            "stage1.local_weight": 0.5, "stage1.batch_size": 4})
-    hp, model, state, step, batch, key, floats = _first_step(config, random_images(4))
-    views, rotation = jitted_views(key, floats, hp)
-    pasted, masks = jax.jit(anomalies.local_anomaly_mix, static_argnums=2)(jax.random.fold_in(key, 2),
-                                                                           views[: len(rotation)], ("scar",))
-    assert float(masks.sum()) > 0
-    all_views, labelled = np.concatenate([views, pasted]), np.zeros(len(rotation), bool)
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
-    logits = jitted_apply(model, train=True, mutable=["batch_stats"])(variables, all_views)[0]
-    plain = np.zeros((2 * len(rotation),) + masks.shape[1:], np.float32)
-    want_terms = {n: losses.local_segmentation(logits[n]["local_logits"], np.concatenate([plain, masks]))
-                  for n in hp.scale_names}
-    loss, (_, metrics) = jitted_loss(model, hp)(state.params, state.batch_stats, all_views, labelled, rotation, masks)
-    without, _ = jitted_loss(model, dataclasses.replace(hp, local_weight=0.0))(
-        state.params, state.batch_stats, all_views, labelled, rotation, masks)
-    for n in hp.scale_names:
-        np.testing.assert_allclose(metrics[f"{n}/local_segmentation"], want_terms[n], rtol=1e-5)
-    np.testing.assert_allclose(loss - without, 0.5 * sum(want_terms.values()), rtol=1e-4)
-    _, got = step(state, batch)
-    np.testing.assert_allclose(parallel.fetch(got)["loss"], loss, rtol=1e-5)

@@ -9,6 +9,7 @@ from clu import metric_writers
 from mscad_jax import losses, parallel, stage1, stage2
 from mscad_jax.data import anomalies, input_pipeline
 from mscad_jax.models import anomem
+from mscad_jax.scoring import function as scoring
 from conftest import init_variables, jitted_apply
 
 
@@ -26,13 +27,13 @@ def test_no_gradient_reaches_the_frozen_encoder_and_memories(tiny_config, random
     model, frozen = _frozen(config, images, mesh)
     det = stage2.make_detector(config)
     names = det.scale_names
-    params = init_variables(det, jax.random.key(0), stage2.deviation_maps(
-        jax.jit(stage2.frozen_outputs, static_argnums=0)(model, frozen, jnp.zeros((1, 8, 8, 1))), names))
+    params = init_variables(det, jax.random.key(0), anomem.deviation_maps(
+        jax.jit(anomem.frozen_outputs, static_argnums=0)(model, frozen, jnp.zeros((1, 8, 8, 1))), names))
     centers = {n: jnp.full((config.stage2.embed_dim,), 0.1) for n in names}
     x = input_pipeline.to_float(images)
 
     def loss(frozen_vars, det_params):
-        deviations = stage2.deviation_maps(stage2.frozen_outputs(model, frozen_vars, x), names)
+        deviations = anomem.deviation_maps(anomem.frozen_outputs(model, frozen_vars, x), names)
         dist = stage2.distances(det.apply(det_params, deviations), centers, names)
         return losses.deep_sad_loss(dist, jnp.zeros(8, bool))
 
@@ -48,8 +49,8 @@ def test_stage2_loss_matches_a_float64_reference(tiny_config, random_images):
     mesh = parallel.make_mesh(jax.devices()[:1])
     model, frozen = _frozen(config, images, mesh)
     det = stage2.make_detector(config)
-    outputs = jax.jit(stage2.frozen_outputs, static_argnums=0)(model, frozen, input_pipeline.to_float(images))
-    deviations = stage2.deviation_maps(outputs, det.scale_names)
+    outputs = jax.jit(anomem.frozen_outputs, static_argnums=0)(model, frozen, input_pipeline.to_float(images))
+    deviations = anomem.deviation_maps(outputs, det.scale_names)
     params = init_variables(det, jax.random.key(1), deviations)
     rng = np.random.default_rng(0)
     centers = {n: jnp.asarray(rng.normal(size=config.stage2.embed_dim), jnp.float32) for n in det.scale_names}
@@ -94,7 +95,7 @@ def _train_and_score(config, images, labelled, mesh, workdir):
     writer = metric_writers.create_default_writer(workdir, just_logging=True)
     det, trained = stage2.train(config, model, frozen, images, labelled, workdir, mesh, writer)
     fresh = stage2.create_state(config, det, model, frozen, stage2.make_optimizer(config), images, ~labelled, mesh)
-    score_fn = parallel.jit_over_batch(stage2.score_function(det, model), mesh, 3)
+    score_fn = parallel.jit_over_batch(scoring.raw_score_function(model, det, "mean"), mesh, 3)
     _, batch = next(input_pipeline.eval_batches({"image": images}, len(images), mesh))
     before = parallel.fetch(score_fn(frozen, fresh.params, fresh.centers, batch["image"]))
     after = parallel.fetch(score_fn(frozen, trained.params, trained.centers, batch["image"]))
@@ -114,7 +115,7 @@ def test_one_class_training_pulls_normal_data_to_the_centres(tiny_config, random
     for n in det.scale_names:
         expected = stage2.push_from_zero(emb[n].mean(axis=0), config.stage2.center_eps)
         np.testing.assert_allclose(parallel.fetch(fresh.centers[n]), expected, rtol=1e-5, atol=1e-6)
-        assert after[f"a/{n}"].mean() < before[f"a/{n}"].mean()
+        assert after[f"detector/{n}"].mean() < before[f"detector/{n}"].mean()
         # The training-free score does not depend on the detector.
         np.testing.assert_allclose(after[f"a0/{n}"], before[f"a0/{n}"], rtol=1e-6)
         assert after[f"map/{n}"].shape == (16, 8, 8)
@@ -129,9 +130,9 @@ def test_unbalanced_training_separates_labelled_anomalies(tiny_config, random_im
     mesh = parallel.make_mesh(jax.devices()[:2])
     det, _, _, _, _, before, after = _train_and_score(config, images, labelled, mesh, str(tmp_path))
     sad = lambda s: float(losses.deep_sad_loss(  # noqa: E731
-        np.stack([s[f"a/{n}"] for n in det.scale_names], -1), labelled, config.stage2.eta))
+        np.stack([s[f"detector/{n}"] for n in det.scale_names], -1), labelled, config.stage2.eta))
     assert sad(after) < 0.5 * sad(before)
-    total = sum(after[f"a/{n}"] for n in det.scale_names)
+    total = sum(after[f"detector/{n}"] for n in det.scale_names)
     assert total[labelled].mean() > total[~labelled].mean()
 
 
@@ -179,10 +180,10 @@ def test_synthetic_anomalies_train_the_detector_to_separate_them(tiny_config, ra
     labelled = np.zeros(16, bool)
     mesh = parallel.make_mesh(jax.devices()[:2])
     det, model, frozen, _, trained, _, after = _train_and_score(config, images, labelled, mesh, str(tmp_path))
-    score_fn = parallel.jit_over_batch(stage2.score_function(det, model), mesh, 3)
+    score_fn = parallel.jit_over_batch(scoring.raw_score_function(model, det, "mean"), mesh, 3)
     _, batch = next(input_pipeline.eval_batches({"image": np.rot90(images, 1, axes=(1, 2)).copy()}, 16, mesh))
     rotated = parallel.fetch(score_fn(frozen, trained.params, trained.centers, batch["image"]))
-    total = lambda s: sum(s[f"a/{n}"] for n in det.scale_names)  # noqa: E731
+    total = lambda s: sum(s[f"detector/{n}"] for n in det.scale_names)  # noqa: E731
     assert total(rotated).mean() > total(after).mean()  # rotated images end farther from the centres
 
 
@@ -190,33 +191,9 @@ def test_knn_vectors_are_pooled_or_flattened_feature_maps(tiny_config, random_im
     config = tiny_config()
     images = random_images(4)
     model, frozen = _frozen(config, images, parallel.make_mesh(jax.devices()[:1]))
-    features = jax.jit(stage2.frozen_outputs, static_argnums=0)(model, frozen, input_pipeline.to_float(images))
+    features = jax.jit(anomem.frozen_outputs, static_argnums=0)(model, frozen, input_pipeline.to_float(images))
     for how, expect in (("mean", lambda f: f.mean(axis=(1, 2))), ("flatten", lambda f: f.reshape(len(f), -1))):
-        out = jax.jit(stage2.score_function(None, model, knn_pooling=how))(frozen, {}, {}, images)
+        out = jax.jit(scoring.raw_score_function(model, None, how))(frozen, {}, {}, images)
         for n in anomem.scale_names(config.model.scales):
             np.testing.assert_allclose(out[f"feature/{n}"], expect(np.asarray(features[n]["features"])),
                                        rtol=1e-5, atol=1e-6, err_msg=f"{how} {n}")
-
-
-@pytest.mark.parametrize("rotated", [False, True])
-def test_flipped_knn_vectors_append_the_mirror_view(tiny_config, random_images, rotated):
-    config = tiny_config()
-    images = random_images(4)
-    model, frozen = _frozen(config, images, parallel.make_mesh(jax.devices()[:1]))
-    score = jax.jit(stage2.score_function(None, model, knn_pooling="flatten", rotated_features=rotated,
-                                          flipped_features=True))
-    out, mirrored = score(frozen, {}, {}, images), score(frozen, {}, {}, images[:, :, ::-1])
-    plain = jax.jit(stage2.score_function(None, model, knn_pooling="flatten", rotated_features=rotated))(
-        frozen, {}, {}, images)
-    for n in anomem.scale_names(config.model.scales):
-        views = 5 if rotated else 2
-        a, b = np.split(np.asarray(out[f"feature/{n}"]), views, axis=-1), np.split(
-            np.asarray(mirrored[f"feature/{n}"]), views, axis=-1)
-        # The unflipped views come first, as without the flip (normalised when alone).
-        expect = np.asarray(plain[f"feature/{n}"]) if rotated else np.asarray(losses.l2_normalize(plain[f"feature/{n}"]))
-        np.testing.assert_allclose(np.concatenate(a[:-1], -1), expect, rtol=1e-5, atol=1e-6)
-        # The mirror's upright and flipped views are the image's flipped and upright ones
-        # (without rotations, the whole vector: the same cosine k-NN distances).
-        np.testing.assert_allclose(b[0], a[-1], rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(b[-1], a[0], rtol=1e-4, atol=1e-5)
-        assert np.all(np.abs(np.linalg.norm(a[-1], axis=-1) - 1) < 1e-5)

@@ -39,7 +39,6 @@ __all__ = [
     "gaussian_noise",
     "local_anomaly",
     "local_anomaly_batch",
-    "local_anomaly_mix",
     "pixelate",
     "scar",
     "style_corrupt",
@@ -373,15 +372,6 @@ def _pick(candidates: Sequence[jax.Array], choice: jax.Array) -> jax.Array:
     """Row i of candidates[choice[i]], for candidates of the same shape [N, ...]."""
     stacked = jnp.stack(candidates)
     return jnp.take_along_axis(stacked, choice.reshape((1, -1) + (1,) * (stacked.ndim - 2)), axis=0)[0]
-
-
-def local_anomaly_mix(key: jax.Array, images: jax.Array, kinds: Sequence[str]) -> tuple[jax.Array, jax.Array]:
-    """One local anomaly in every image [N, H, W, C], its kind drawn uniformly from `kinds`
-    (cutpaste, scar): (images, masks [N, H, W])."""
-    k_kind, k_local = jax.random.split(key)
-    made = [local_anomaly_batch(jax.random.fold_in(k_local, i), images, kind) for i, kind in enumerate(kinds)]
-    choice = jax.random.randint(k_kind, (images.shape[0],), 0, len(made))
-    return _pick([m[0] for m in made], choice), _pick([m[1] for m in made], choice)
 
 
 def synthetic_anomalies(key: jax.Array, images: jax.Array, kinds: Sequence[str]) -> jax.Array:

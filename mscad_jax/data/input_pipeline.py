@@ -15,7 +15,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from mscad_jax import config as config_lib
+from mscad_jax.errors import ConfigError
 from mscad_jax import parallel
 
 
@@ -27,7 +27,7 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
     """Full batches per epoch (the remainder is dropped; every epoch reshuffles)."""
     if num_examples < batch_size:
-        raise config_lib.ConfigError(f"the global batch size {batch_size} exceeds the {num_examples} training "
+        raise ConfigError(f"the global batch size {batch_size} exceeds the {num_examples} training "
                                      "examples; lower the stage's batch_size")
     return num_examples // batch_size
 

@@ -12,7 +12,7 @@ import dataclasses
 import ml_collections
 import numpy as np
 
-from mscad_jax import config as config_lib
+from mscad_jax.errors import ConfigError
 from mscad_jax.data import sources
 
 
@@ -80,7 +80,7 @@ def _select(config: ml_collections.ConfigDict, train: sources.Split, test: sourc
     normal = _normal_index(config, train)
     normal_train = train.take(train.labels == normal)
     if len(normal_train) == 0:
-        raise config_lib.ConfigError(f"config.normal_class={normal} has no training images in {config.dataset}")
+        raise ConfigError(f"config.normal_class={normal} has no training images in {config.dataset}")
     train_images = normal_train.images
     flags = np.zeros(len(normal_train), bool)
     num_labelled = int(round(config.anomaly_ratio * len(normal_train))) if config.protocol == "unbalanced" else 0
@@ -90,7 +90,7 @@ def _select(config: ml_collections.ConfigDict, train: sources.Split, test: sourc
             allowed = config.known_anomaly_classes or [k for k in np.unique(train.labels) if k != normal]
             pool = np.flatnonzero(np.isin(train.labels, allowed))
             if num_labelled > len(pool):
-                raise config_lib.ConfigError(
+                raise ConfigError(
                     f"config.anomaly_ratio={config.anomaly_ratio} asks for {num_labelled} labelled anomalies "
                     f"but classes {list(allowed)} hold only {len(pool)} training images")
             chosen = np.sort(rng.choice(pool, num_labelled, replace=False))
@@ -131,13 +131,13 @@ def _normal_index(config: ml_collections.ConfigDict, train: sources.Split) -> in
         return config.normal_class
     names = train.class_names or ()
     if name not in names:
-        raise config_lib.ConfigError(f"config.normal_class_name={name!r} is not a class folder of "
+        raise ConfigError(f"config.normal_class_name={name!r} is not a class folder of "
                                      f"{config.image_folder_dir}: allowed: {', '.join(names)}")
     return names.index(name)
 
 
 def _channels(config: ml_collections.ConfigDict) -> int:
-    return config_lib.DATASETS[config.dataset][2]
+    return sources.DATASETS[config.dataset][2]
 
 
 def _corrupt(config: ml_collections.ConfigDict, images: np.ndarray, seed: int):

@@ -13,6 +13,18 @@ import os
 
 import numpy as np
 
+# Dataset name -> (number of classes, number of coarse classes or None, channels).
+DATASETS: dict[str, tuple[int, int | None, int]] = {
+    "digits": (10, None, 1),
+    "fashion_mnist": (10, None, 1),
+    "mnist": (10, None, 1),
+    "cifar10": (10, None, 3),
+    "cifar100": (100, 20, 3),
+    "svhn_cropped": (10, None, 3),
+    "caltech_birds2011": (200, None, 3),
+    "image_folder": (0, None, 3),  # class count comes from the folder itself
+}
+
 
 @dataclasses.dataclass(frozen=True)
 class Split:

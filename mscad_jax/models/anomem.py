@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mscad_jax.losses import l2_normalize
+from mscad_jax.ops import l2_normalize
 from mscad_jax.models.memory import HopfieldMemory
 from mscad_jax.models.resnet import ResNet
 
@@ -66,7 +66,6 @@ class AnoMem(nn.Module):
     deviation: str = "difference"
     dtype: Any = "float32"  # compute dtype: a name ('float32', 'bfloat16') or a jnp dtype
     rotation_head: bool = False
-    local_head: bool = False  # per scale, 'local_logits' [B, H_s, W_s]: is this position anomalous?
 
     def memory_slots(self, params: dict) -> dict[str, jnp.ndarray]:
         """{scale name: the memory's stored patterns [num_slots, C_s]} from the model's params."""
@@ -87,8 +86,6 @@ class AnoMem(nn.Module):
             retrieved, attention = memory(features)
             result = {"features": features, "retrieved": retrieved, "attention": attention,
                       "deviation": deviation_map(features, retrieved, self.deviation)}
-            if self.local_head:
-                result["local_logits"] = nn.Conv(1, (1, 1), name=f"local_head_{name}")(features)[..., 0]
             if fixed_feature_retrieval:
                 result["retrieved_fixed"], _ = memory(jax.lax.stop_gradient(features))
             if heads:
@@ -107,3 +104,15 @@ class AnoMem(nn.Module):
 
 def scale_names(scales: Sequence[int]) -> list[str]:
     return [f"scale{s}" for s in scales]
+
+
+def frozen_outputs(model: AnoMem, frozen: dict, images: jax.Array) -> dict[str, dict[str, jax.Array]]:
+    """Stage-1 outputs in inference mode (BN running statistics), no gradient: what stage 2
+    and the scorer see of the trained encoder and memories."""
+    out = model.apply(jax.lax.stop_gradient(frozen), images, train=False, heads=False)
+    return jax.lax.stop_gradient(out)
+
+
+def deviation_maps(outputs: dict[str, Any], names: Sequence[str]) -> dict[str, jax.Array]:
+    """{scale name: D_s} from the model's outputs."""
+    return {name: outputs[name]["deviation"] for name in names}

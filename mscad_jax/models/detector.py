@@ -6,7 +6,7 @@ input to the centre c_s (hypersphere collapse).
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -44,3 +44,8 @@ class MultiScaleDetector(nn.Module):
     def __call__(self, deviations: dict[str, jnp.ndarray]) -> dict[str, jnp.ndarray]:
         return {s: DeviationDetector(self.hidden, self.embed_dim, self.pooling, name=f"detector_{s}")(deviations[s])
                 for s in self.scale_names}
+
+
+def make_detector(scale_names: Sequence[str], stage2: Any) -> MultiScaleDetector:
+    """The detectors a config's `stage2` section (hidden, embed_dim, pooling) describes."""
+    return MultiScaleDetector(tuple(scale_names), stage2.hidden, stage2.embed_dim, stage2.pooling)

@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mscad_jax.losses import l2_normalize
+from mscad_jax.ops import l2_normalize
 
 
 def cosine_attention(queries: jnp.ndarray, slots: jnp.ndarray, beta: float) -> jnp.ndarray:

@@ -4,7 +4,7 @@ with weights, per scorer; the scorers' sum; and the localisation maps.
 Standardising puts scales (and scorers) whose raw scores live on very different ranges
 onto a common footing before they are weighted and added. The functions are written
 with jax.numpy so that one implementation serves both the host-side fitting of the
-statistics (on NumPy arrays) and the jitted, exportable scorer (`mscad_jax.scorer`),
+statistics (on NumPy arrays) and the jitted, exportable scorer (`mscad_jax.scoring.function`),
 where the statistics are arrays of its state.
 """
 
@@ -17,13 +17,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mscad_jax.scoring.spec import IMAGE_SCORERS, SCORERS
+
 # Standard deviations below this are treated as this value, so a scale whose
 # scores are constant on the normal data cannot produce inf/NaN when fused.
 SIGMA_FLOOR = 1e-12
-
-# Scorer name (config `eval.scorer`) -> prefix of its per-scale score keys; None: one key.
-SCORERS: dict[str, str | None] = {"detector": "a", "a0": "a0", "knn": "knn", "rotation": None,
-                                  "patch_memory": "patch_memory", "local": "local", "pixel_knn": None}
 
 # (mean, std) as a pair of floats or a [2] array (inside the jitted scorer).
 Stat = Any
@@ -86,13 +84,13 @@ def scorer_scores(scores: Mapping[str, Any], stats: Mapping[str, Stat], names: S
     """Each available scorer's image score, its scales fused with the normal statistics:
     the detector's with `detector_weights` (() = `weights`), every other's with `weights`."""
     out = {}
-    for scorer, prefix in SCORERS.items():
-        if prefix is None:
+    for scorer in SCORERS:
+        if scorer in IMAGE_SCORERS:
             if scorer in scores:
                 out[scorer] = jnp.asarray(scores[scorer], jnp.float32)
-        elif f"{prefix}/{names[0]}" in scores:
+        elif f"{scorer}/{names[0]}" in scores:
             own = detector_weights if scorer == "detector" and detector_weights else weights
-            out[scorer] = combine(scores, stats, prefix, names, own)
+            out[scorer] = combine(scores, stats, scorer, names, own)
     return out
 
 

@@ -1,0 +1,78 @@
+"""Helpers of the experiment scripts (not of the library): how visible a local anomaly
+is, and loss curves from a run's TensorBoard events."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from mscad_jax import metrics
+
+
+def local_contrast(clean: Any, corrupted: Any, masks: Any) -> np.ndarray:
+    """How visible each local anomaly is: the mean, over its mask, of the largest
+    per-channel change |corrupted - clean| in [0, 1] units (uint8 images are divided by
+    255). A scar painted in the colour it covers scores ~0 and no detector can see it.
+
+    Args:
+      clean, corrupted: [N, H, W, C] images, the same images before and after the anomaly.
+      masks: [N, H, W] anomalous pixels in {0, 1}, none of them empty.
+    """
+    a, b = np.asarray(clean), np.asarray(corrupted)
+    if a.shape != b.shape or a.ndim != 4:
+        raise ValueError(f"clean and corrupted must be [N, H, W, C] of one shape, got {a.shape} and {b.shape}.")
+    m = metrics.as_binary_labels(masks, name="masks").astype(np.float64)
+    if m.shape != a.shape[:3]:
+        raise ValueError(f"masks must have shape {a.shape[:3]}, got {m.shape}.")
+    area = m.sum(axis=(1, 2))
+    if np.any(area == 0):
+        raise ValueError(f"masks {np.flatnonzero(area == 0).tolist()} are empty.")
+    unit = 255.0 if np.issubdtype(a.dtype, np.integer) else 1.0
+    change = np.abs(a.astype(np.float64) - b.astype(np.float64)).max(axis=-1) / unit
+    return (change * m).sum(axis=(1, 2)) / area
+
+
+def plot_loss_curves(
+    history: Mapping[str, Sequence[tuple[int, float]]],
+    path: str | os.PathLike[str],
+    title: str | None = None,
+) -> str:
+    """Plots one line per named series of `(step, value)` pairs.
+
+    Empty series are skipped; an empty history still produces a (blank) plot
+    so that callers need no special case early in training.
+
+    Args:
+      history: series name -> list of (step, value).
+      path: destination PNG.
+      title: optional axes title.
+
+    Returns:
+      `path` as a string.
+    """
+    import matplotlib.pyplot as plt
+
+    from mscad_jax import plots
+
+    fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
+    drawn = 0
+    for name, points in history.items():
+        pts = np.asarray(list(points), dtype=np.float64)
+        if pts.size == 0:
+            continue
+        if pts.ndim != 2 or pts.shape[1] != 2:
+            plt.close(fig)
+            raise ValueError(f"series {name!r} must be a list of (step, value) pairs, got shape {pts.shape}.")
+        order = np.argsort(pts[:, 0], kind="stable")
+        ax.plot(pts[order, 0], pts[order, 1], label=str(name), lw=1.5)
+        drawn += 1
+    ax.set(xlabel="step", ylabel="value")
+    ax.grid(True, alpha=0.3)
+    if drawn:
+        ax.legend()
+    if title:
+        ax.set_title(title)
+    return plots.save_figure(fig, path)

@@ -15,29 +15,7 @@ jax.config.update("jax_disable_most_optimizations", True)
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from mscad_jax import config as config_lib  # noqa: E402
-
-
-def make_tiny_config(**overrides):
-    """A config small enough for a few CPU steps: width 4, 8x8 images, batch 8."""
-    c = config_lib.base_config()
-    c.image_size = 8
-    c.model.depth = 10
-    c.model.width = 4
-    c.model.num_slots = 8
-    c.model.proj_dim = 8
-    c.model.key_dim = 4
-    c.stage1.batch_size = 8
-    c.stage1.epochs = 1
-    c.stage1.warmup_epochs = 0
-    c.stage2.batch_size = 8
-    c.stage2.epochs = 1
-    c.stage2.hidden = 4
-    c.stage2.embed_dim = 4
-    c.eval.batch_size = 16
-    c.log_every_steps = 2
-    c.checkpoint_every_steps = 2
-    return config_lib.apply_overrides(c, overrides)
+from tiny import make_tiny_config  # noqa: E402,F401  (tests import it from here too)
 
 
 def init_variables(module, key, *inputs, **kwargs):

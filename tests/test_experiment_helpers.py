@@ -4,25 +4,12 @@ import os
 import pathlib
 import sys
 
-import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "experiments"))
 import helpers  # noqa: E402
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def _check_png(path, expected_path) -> np.ndarray:
-    assert path == os.fspath(expected_path)
-    with open(path, "rb") as f:
-        assert f.read(8) == PNG_SIGNATURE
-    img = mpimg.imread(path)
-    assert img.ndim == 3 and img.shape[2] in (3, 4)
-    assert os.listdir(os.path.dirname(path)) == [os.path.basename(path)]
-    return img
-
+from test_plots import _check_png  # noqa: E402
 
 def test_local_contrast_is_the_mean_largest_channel_change_over_the_mask():
     clean = np.zeros((2, 3, 3, 2), np.uint8)

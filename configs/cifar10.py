@@ -14,6 +14,7 @@ def get_config(arg: str | None = None):
     c = base.base_config()
     c.dataset = "cifar10"
     c.image_size = 32
+    c.validation.fraction = 0.1  # Held-out normals: choices are made on them and the threshold is set on them.
     c.stage1.batch_size = 512
     c.stage1.epochs = 500
     c.stage2.epochs = 50

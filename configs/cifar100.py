@@ -10,6 +10,7 @@ from mscad_jax import config as base
 def get_config(arg: str | None = None):
     c = base.base_config()
     c.dataset = "cifar100"
+    c.validation.fraction = 0.1  # Held-out normals: choices are made on them and the threshold is set on them.
     c.coarse_label = True  # Classes are the 20 super-classes (`coarse_label` in TFDS).
     c.image_size = 32
     c.stage1.batch_size = 512

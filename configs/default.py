@@ -14,6 +14,7 @@ def get_config(arg: str | None = None):
     c = base.chosen_method(base.base_config())
     c.dataset = "digits"  # 1797 real 8x8 handwritten digits shipped with scikit-learn.
     c.image_size = 16  # Upscaled from 8x8 so that four stride-2 stages still have a map.
+    c.validation.fraction = 0.1  # Held-out normals: choices are made on them and the threshold is set on them.
     c.model.depth = 10  # One basic block per stage: small enough for two CPU cores.
     c.model.width = 16
     c.model.num_slots = 32

@@ -16,6 +16,7 @@ def get_config(arg: str | None = None):
     c = base.base_config()
     c.dataset = "fashion_mnist"
     c.image_size = 32  # 28x28 padded/resized to 32 so that the four stages halve evenly.
+    c.validation.fraction = 0.1  # Held-out normals: choices are made on them and the threshold is set on them.
     c.stage1.batch_size = 256
     c.stage1.epochs = 200
     c.stage2.epochs = 30

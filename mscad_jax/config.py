@@ -57,6 +57,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.max_train_examples = 0  # >0 caps the training set (quick experiments); 0 = all.
     c.max_test_examples = 0  # >0 caps the test set, drawn with the seed; 0 = all.
 
+    # ---- validation (DESIGN section 2: every choice is made on it, never on the test split)
+    c.validation = ml_collections.ConfigDict()
+    c.validation.fraction = 0.0  # Share of the normal training images held out (never trained on); 0 = no validation split.
+    c.validation.anomalies_per_normal = 1.0  # Validation anomalies per held-out normal, drawn from the TRAIN split (see docs/protocols.md).
+
     # ---- model ------------------------------------------------------------------
     c.model = ml_collections.ConfigDict()
     c.model.depth = 18  # ResNet depth: 10, 18, 34 (basic blocks) or 50 (bottlenecks).
@@ -360,6 +365,10 @@ def _check_data(config: ml_collections.ConfigDict) -> None:
         _fail("data_dir", config.data_dir, "directory does not exist")
     if config.image_size < 8:
         _fail("image_size", config.image_size, "must be at least 8")
+    if not 0.0 <= config.validation.fraction < 1.0:
+        _fail("validation.fraction", config.validation.fraction, "a share in [0, 1) of the normal training images")
+    if not config.validation.anomalies_per_normal > 0:
+        _fail("validation.anomalies_per_normal", config.validation.anomalies_per_normal, "must be > 0")
 
 
 def _check_model(m: ml_collections.ConfigDict, image_size: int) -> None:

@@ -73,16 +73,26 @@ def evaluate(config: ml_collections.ConfigDict, data: protocols.ProtocolData, mo
                          config.eval.batch_size, mesh, keep_maps=False)
     state, spec = scoring.fit(train, variables, spec, normal_images=normal_train)
     score_jit = parallel.jit_over_batch(scoring.make_scorer(model, det, spec), mesh, 1)
-    test = score_images(score_jit, (parallel.replicate(state, mesh),), data.test_images, config.eval.batch_size, mesh)
+    score = lambda images: score_images(score_jit, (parallel.replicate(state, mesh),), images,  # noqa: E731
+                                        config.eval.batch_size, mesh)
+    test = score(data.test_images)
+    validation = None
+    if data.validation is not None:
+        v = data.validation
+        validation = split_results(score(v.images), v.labels, v.classes, v.masks, names, data.class_names)
+        validation.pop("by_scorer")
+        validation |= {"num_normal": int((v.labels == 0).sum()), "num_anomalies": int(v.labels.sum()),
+                       "anomalies": v.source}
+        # The threshold promises a false-positive rate on unseen normal images, so it is set
+        # on held-out ones: the training normals were fitted on (detector, k-NN bank).
+        state |= scoring.threshold_state(validation.pop("scores")[v.labels == 0], spec.threshold_percentile)
     stats = {k: tuple(map(float, v)) for k, v in state["stats"].items()}
-    final = test["score"]
-    test_by_scorer = {s: test[f"score/{s}"] for s in scoring_spec.SCORERS if f"score/{s}" in test}
     labels = data.test_labels
-    maps = test["map"]
-    image = metrics.image_metrics(final, labels)
-    auroc_of = lambda s: metrics.image_metrics(test_by_scorer[s], labels)["auroc"] if s in test_by_scorer else None  # noqa: E731
-    per_scale = lambda prefix: metrics.per_scale_auroc({n: test[f"{prefix}/{n}"] for n in names}, labels) \
-        if f"{prefix}/{names[0]}" in test else None  # noqa: E731
+    final, maps = test["score"], test["map"]
+    split = split_results(test, labels, data.test_classes, data.test_masks, names, data.class_names)
+    test_by_scorer = split.pop("by_scorer")
+    split.pop("scores")
+    threshold = float(state["threshold"])
     results: dict[str, Any] = {
         "dataset": config.dataset,
         "protocol": config.protocol,
@@ -90,22 +100,28 @@ def evaluate(config: ml_collections.ConfigDict, data: protocols.ProtocolData, mo
         "normal_class": None if config.protocol == "ood" else (config.normal_class_name or config.normal_class),
         "class_names": None if data.class_names is None else list(data.class_names),
         "scorer": "+".join(spec.scorers),
-        **image,
-        "auroc_per_anomaly_class": metrics.auroc_per_anomaly_class(final, labels, data.test_classes),
-        **{f"auroc_{s}": auroc_of(s) for s in scoring_spec.SCORERS},
-        **{f"auroc_{s}_per_scale": per_scale(s) for s in scoring_spec.PER_SCALE_SCORERS},
+        **split,
         "auroc_pixel_knn_floor": knn.pixel_floor_auroc(normal_train, data.test_images, labels,
                                                        scoring_spec.PIXEL_FLOOR_K) if config.eval.pixel_floor else None,
         "pixel_knn_floor_k": scoring_spec.PIXEL_FLOOR_K,
-        "pixel_auroc": metrics.pixel_auroc(maps, data.test_masks),
         "num_test": int(len(labels)),
         "num_anomalies": int(labels.sum()),
         "num_train": int(len(data.train_images)),
         "num_train_labelled_anomalies": int(data.train_labelled_anomaly.sum()),
         "score_stats": {k: {"mean": m, "std": s} for k, (m, s) in stats.items()},
-        "threshold": float(state["threshold"]),
+        "threshold": threshold,
         "threshold_percentile": spec.threshold_percentile,
+        "threshold_set_on": "held-out normal training images" if validation else "normal training images",
+        # What the threshold does on the test split: the share of normal test images it
+        # flags (its false-positive rate) and of anomalies (its true-positive rate).
+        "threshold_test_fpr": float(np.mean(final[labels == 0] > threshold)),
+        "threshold_test_tpr": float(np.mean(final[labels == 1] > threshold)),
+        "validation": validation,
     }
+    if validation is not None and config.eval.pixel_floor:
+        v = data.validation
+        validation["auroc_pixel_knn_floor"] = knn.pixel_floor_auroc(normal_train, v.images, v.labels,
+                                                                    scoring_spec.PIXEL_FLOOR_K)
     if config.eval.linear_eval and pooled_fn is not None:
         results["linear_eval_accuracy"] = linear_eval(config, data.probe, pooled_fn, (variables["frozen"],), mesh)
     if jax.process_index() == 0:
@@ -121,13 +137,38 @@ def evaluate(config: ml_collections.ConfigDict, data: protocols.ProtocolData, mo
     return results
 
 
-def _scalars(results: dict[str, Any]) -> dict[str, float]:
+def split_results(scores: dict[str, np.ndarray], labels: np.ndarray, classes: np.ndarray, masks: np.ndarray | None,
+                  names, class_names: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The metrics of one scored split (test or validation): AUROC, AUPR and FPR95 of the
+    final score, AUROC per anomaly class (keyed by the class's name where the dataset has
+    names: an image folder's defect folders), each scorer's AUROC alone and per scale,
+    pixel AUROC; 'by_scorer' and 'scores' carry the scores themselves for the caller."""
+    per_class = metrics.auroc_per_anomaly_class(scores["score"], labels, classes)
+    if class_names:
+        per_class = {class_names[int(k)] if 0 <= int(k) < len(class_names) else k: v for k, v in per_class.items()}
+    by_scorer = {s: scores[f"score/{s}"] for s in scoring_spec.SCORERS if f"score/{s}" in scores}
+    auroc_of = lambda s: metrics.image_metrics(by_scorer[s], labels)["auroc"] if s in by_scorer else None  # noqa: E731
+    per_scale = lambda prefix: metrics.per_scale_auroc({n: scores[f"{prefix}/{n}"] for n in names}, labels) \
+        if f"{prefix}/{names[0]}" in scores else None  # noqa: E731
+    return {**metrics.image_metrics(scores["score"], labels),
+            "auroc_per_anomaly_class": per_class,
+            **{f"auroc_{s}": auroc_of(s) for s in scoring_spec.SCORERS},
+            **{f"auroc_{s}_per_scale": per_scale(s) for s in scoring_spec.PER_SCALE_SCORERS},
+            "pixel_auroc": metrics.pixel_auroc(scores["map"], masks),
+            "by_scorer": by_scorer, "scores": scores["score"]}
+
+
+def _scalars(results: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """The numbers of a results dict, flat: 'auroc', 'auroc_knn_per_scale/scale2',
+    'validation/auroc', ..."""
     out = {}
     for k, v in results.items():
         if isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None:
-            out[k] = float(v)
+            out[f"{prefix}{k}"] = float(v)
         elif isinstance(v, dict) and k.startswith("auroc"):
-            out.update({f"{k}/{s}": float(x) for s, x in v.items()})
+            out.update({f"{prefix}{k}/{s}": float(x) for s, x in v.items()})
+        elif isinstance(v, dict) and k == "validation":
+            out.update(_scalars(v, "validation/"))
     return out
 
 

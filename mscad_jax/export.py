@@ -137,8 +137,15 @@ def export(workdir: str, output: str, platforms: list[str] | None = None) -> dic
             "per_scale": {k: {"mean": float(v[0]), "std": float(v[1])} for k, v in state["stats"].items()},
             "per_scorer": {k: {"mean": float(v[0]), "std": float(v[1])} for k, v in state["scorer_stats"].items()}},
         "threshold": float(state["threshold"]),
-        "threshold_rule": f"{spec.threshold_percentile:g}th percentile of the final scores of normal training "
-                          "images (k-NN leaving each image out); score > threshold is flagged anomalous",
+        "threshold_rule": f"{spec.threshold_percentile:g}th percentile of the final scores of "
+                          f"{results.get('threshold_set_on', 'normal training images')}; score > threshold is "
+                          "flagged anomalous",
+        # What the threshold promises (the share of normal images it flags) and what it did
+        # on the run's test split.
+        "threshold_target_fpr": round(1.0 - spec.threshold_percentile / 100.0, 6),
+        "threshold_test_fpr": results.get("threshold_test_fpr"),
+        "threshold_test_tpr": results.get("threshold_test_tpr"),
+        "validation_auroc": (results.get("validation") or {}).get("auroc"),
         "heatmap_range": list(fusion.heatmap_range(spec.map_weights)),
         "dataset": config.dataset,
         "image_folder_dir": config.image_folder_dir,

@@ -83,7 +83,9 @@ def results_table(rows: Sequence[Mapping[str, Any]], keys: Sequence[str] | None 
 
 SUMMARY_KEYS = ("dataset", "protocol", "normal_class", "scorer", "auroc", "aupr", "fpr95", "auroc_detector",
                 "auroc_a0", "auroc_knn", "auroc_rotation", "auroc_pixel_knn_floor", "pixel_knn_floor_k", "pixel_auroc",
-                "linear_eval_accuracy", "num_test", "num_anomalies")
+                "linear_eval_accuracy", "num_test", "num_anomalies", "validation.auroc", "validation.auroc_detector",
+                "validation.auroc_knn", "validation.auroc_pixel_knn_floor", "threshold", "threshold_test_fpr",
+                "threshold_test_tpr")
 
 
 def format_summary(results: dict[str, Any]) -> str:
@@ -91,6 +93,8 @@ def format_summary(results: dict[str, Any]) -> str:
     rows = ["| result | value |", "|---|---|"]
     results = current_keys(results)
     for k in SUMMARY_KEYS:
-        v = results.get(k)
+        v = results
+        for part in k.split("."):  # 'validation.auroc': the validation split's figure
+            v = v.get(part) if isinstance(v, dict) else None
         rows.append(f"| {k} | {'-' if v is None else f'{v:.4f}' if isinstance(v, float) else v} |")
     return "\n".join(rows)

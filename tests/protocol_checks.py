@@ -16,7 +16,11 @@ def get_config(name, arg=None):
     return config_lib.load_config_file(str(REPO / "configs" / f"{name}.py"), arg)
 
 
-def build(config):
+def build(config, validation: bool = False):
+    """The protocol's split of `config`; without a validation split unless asked (these
+    checks count the protocol's own images: the split is tested in test_validation_split)."""
+    if not validation:
+        config = config_lib.apply_overrides(config.copy_and_resolve_references(), {"validation.fraction": 0.0})
     config_lib.validate(config)
     return protocols.build_protocol(config)
 

@@ -49,7 +49,11 @@ TINY_JOB = ["--config=configs/default.py:normal_class=1", "--config.model.scales
             "--config.stage1.warmup_epochs=0",
             "--config.stage2.batch_size=16", "--config.stage2.epochs=2", "--config.stage2.hidden=4",
             "--config.stage2.embed_dim=4", "--config.eval.batch_size=32", "--config.eval.plots=False",
-            "--config.log_every_steps=2"]
+            "--config.log_every_steps=2",
+            # The agreement bounds below were measured on this split; with a validation split the
+            # 16 training images differ, and the open question of why scale 2 disagrees (issue 28)
+            # is the same.
+            "--config.validation.fraction=0.0"]
 
 
 def _main_env(devices: int) -> dict:

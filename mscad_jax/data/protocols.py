@@ -17,6 +17,23 @@ from mscad_jax.data import sources
 
 
 @dataclasses.dataclass(frozen=True)
+class Validation:
+    """Validation data carved from the dataset's train split only: held-out normal
+    training images and anomalies that are not in the test split (other classes'
+    training images, or anomalies synthesised on held-out normal images)."""
+
+    images: np.ndarray  # uint8 [V, S, S, C]: the held-out normals first, then the anomalies
+    labels: np.ndarray  # int32 [V], 1 = anomaly
+    classes: np.ndarray  # int64 [V], source class
+    masks: np.ndarray | None  # float32 [V, S, S] anomalous pixels, for synthesised local anomalies
+    source: str  # where the anomalies come from: 'other classes' | 'synthesised <kind>' | '<ood dataset>'
+
+    @property
+    def normal_images(self) -> np.ndarray:
+        return self.images[self.labels == 0]
+
+
+@dataclasses.dataclass(frozen=True)
 class ProtocolData:
     """Training and test arrays for one experiment."""
 
@@ -31,6 +48,9 @@ class ProtocolData:
     probe: tuple[sources.Split, sources.Split] | None = None
     test_paths: np.ndarray | None = None  # str [M], the files of image-folder datasets
     class_names: tuple[str, ...] | None = None  # the dataset's class names, by label
+    # validation.fraction > 0: held-out normal training images (never trained on) and
+    # validation anomalies from the TRAIN split (`Validation`), for every choice.
+    validation: "Validation | None" = None
 
     @property
     def num_train_normal(self) -> int:
@@ -70,17 +90,28 @@ def _select(config: ml_collections.ConfigDict, train: sources.Split, test: sourc
 
     if config.protocol == "ood":
         ood = [load(name, "test") for name in config.ood_datasets]
+        train, held = _hold_out(config, train)
+        validation = None
+        if held is not None:
+            # Out-of-distribution validation anomalies: the OOD datasets' TRAIN splits.
+            ood_train = [load(name, "train") for name in config.ood_datasets]
+            pool = np.concatenate([s.images for s in ood_train])
+            pick = np.sort(_rng(config, 12).choice(len(pool), min(len(pool), _anomaly_count(config, len(held))),
+                                                   replace=False))
+            validation = _validation(held.images, pool[pick], np.full(len(pick), -1), held.labels, None,
+                                     "+".join(config.ood_datasets) + " train")
         train_images, flags = train.images, np.zeros(len(train), bool)
         test_images = np.concatenate([test.images] + [s.images for s in ood])
         test_labels = np.concatenate([np.zeros(len(test), np.int32)] + [np.ones(len(s), np.int32) for s in ood])
         test_classes = np.concatenate([test.labels] + [np.full(len(s), -1) for s in ood])
-        data = ProtocolData(train_images, flags, test_images, test_labels, test_classes, None)
+        data = ProtocolData(train_images, flags, test_images, test_labels, test_classes, None, validation=validation)
         return _cap(data, config, rng)
 
     normal = _normal_index(config, train)
     normal_train = train.take(train.labels == normal)
     if len(normal_train) == 0:
         raise ConfigError(f"config.normal_class={normal} has no training images in {config.dataset}")
+    normal_train, held = _hold_out(config, normal_train)
     train_images = normal_train.images
     flags = np.zeros(len(normal_train), bool)
     num_labelled = int(round(config.anomaly_ratio * len(normal_train))) if config.protocol == "unbalanced" else 0
@@ -96,11 +127,26 @@ def _select(config: ml_collections.ConfigDict, train: sources.Split, test: sourc
             chosen = np.sort(rng.choice(pool, num_labelled, replace=False))
             train_images = np.concatenate([train_images, train.images[chosen]])
             flags = np.concatenate([flags, np.ones(num_labelled, bool)])
+        else:
+            chosen = np.zeros(0, np.int64)
         masks = None
         if config.dataset == "image_folder":
             masks = sources.load_masks(test.paths, config.image_folder_dir, config.image_size)
+        validation = None
+        if held is not None:
+            # Other classes' training images, never the labelled anomalies stage 1 and 2 see.
+            others = np.setdiff1d(np.flatnonzero(train.labels != normal), chosen)
+            if len(others):
+                pick = np.sort(_rng(config, 12).choice(others, min(len(others), _anomaly_count(config, len(held))),
+                                                       replace=False))
+                validation = _validation(held.images, train.images[pick], train.labels[pick], normal, None,
+                                         "other classes")
+            else:  # an image folder whose train/ holds the normal class only: synthesise
+                corrupted, local_masks = _corrupt(config, held.images, seed=4, anomaly_type="local")
+                validation = _validation(held.images, corrupted, np.full(len(held), normal), normal, local_masks,
+                                         f"synthesised {config.local_kind}")
         data = ProtocolData(train_images, flags, test.images, (test.labels != normal).astype(np.int32),
-                            test.labels, masks, test_paths=test.paths)
+                            test.labels, masks, test_paths=test.paths, validation=validation)
         return _cap(data, config, rng)
 
     # style / local: anomalies are corrupted copies of the normal class's images.
@@ -120,7 +166,47 @@ def _select(config: ml_collections.ConfigDict, train: sources.Split, test: sourc
     test_masks = None
     if masks is not None:
         test_masks = np.concatenate([np.zeros(masks.shape, np.float32), masks])
-    return _cap(ProtocolData(train_images, flags, test_images, test_labels, test_classes, test_masks), config, rng)
+    validation = None
+    if held is not None:
+        # The same kind of anomaly, synthesised on the held-out normals with another seed.
+        corrupted, held_masks = _corrupt(config, held.images, seed=4)
+        validation = _validation(held.images, corrupted, np.full(len(held), normal), normal, held_masks,
+                                 f"synthesised {config.local_kind if config.anomaly_type == 'local' else config.style_corruption}")
+    return _cap(ProtocolData(train_images, flags, test_images, test_labels, test_classes, test_masks,
+                             validation=validation), config, rng)
+
+
+def _rng(config: ml_collections.ConfigDict, stream: int) -> np.random.Generator:
+    return np.random.default_rng([config.seed, stream])
+
+
+def _hold_out(config: ml_collections.ConfigDict, normal_train: sources.Split) -> tuple[sources.Split, sources.Split | None]:
+    """(the normal training images that train, the held-out validation normals or None)."""
+    fraction = config.validation.fraction
+    if not fraction:
+        return normal_train, None
+    count = max(1, int(round(fraction * len(normal_train))))  # a small folder still gets one
+    if count >= len(normal_train):
+        raise ConfigError(f"config.validation.fraction={fraction} holds out {count} of the {len(normal_train)} normal "
+                          "training images: it must leave at least one on each side")
+    held = np.zeros(len(normal_train), bool)
+    held[_rng(config, 11).choice(len(normal_train), count, replace=False)] = True
+    return normal_train.take(~held), normal_train.take(held)
+
+
+def _anomaly_count(config: ml_collections.ConfigDict, normals: int) -> int:
+    return max(1, int(round(config.validation.anomalies_per_normal * normals)))
+
+
+def _validation(normals: np.ndarray, anomalies: np.ndarray, anomaly_classes: np.ndarray, normal_classes,
+                anomaly_masks: np.ndarray | None, source: str) -> Validation:
+    """`normal_classes`: the normal class, or each held-out image's class (ood)."""
+    labels = np.concatenate([np.zeros(len(normals), np.int32), np.ones(len(anomalies), np.int32)])
+    classes = np.concatenate([np.broadcast_to(normal_classes, (len(normals),)), anomaly_classes]).astype(np.int64)
+    masks = None
+    if anomaly_masks is not None:
+        masks = np.concatenate([np.zeros((len(normals),) + anomaly_masks.shape[1:], np.float32), anomaly_masks])
+    return Validation(np.concatenate([normals, anomalies]), labels, classes, masks, source)
 
 
 def _normal_index(config: ml_collections.ConfigDict, train: sources.Split) -> int:
@@ -140,8 +226,9 @@ def _channels(config: ml_collections.ConfigDict) -> int:
     return sources.DATASETS[config.dataset][2]
 
 
-def _corrupt(config: ml_collections.ConfigDict, images: np.ndarray, seed: int):
-    """Applies the configured style or local anomaly to uint8 images on the JAX host device."""
+def _corrupt(config: ml_collections.ConfigDict, images: np.ndarray, seed: int, anomaly_type: str | None = None):
+    """Applies the configured style or local anomaly (or `anomaly_type`'s) to uint8 images
+    on the JAX host device."""
     import jax
 
     from mscad_jax.data import anomalies
@@ -149,7 +236,7 @@ def _corrupt(config: ml_collections.ConfigDict, images: np.ndarray, seed: int):
     key = jax.random.fold_in(jax.random.key(config.seed), seed)
     floats = images.astype(np.float32) / 255.0
     masks = None
-    if config.anomaly_type == "style":
+    if (anomaly_type or config.anomaly_type) == "style":
         out = anomalies.style_corrupt_batch(key, floats, config.style_corruption, config.style_severity)
     else:
         out, masks = anomalies.local_anomaly_batch(key, floats, config.local_kind)

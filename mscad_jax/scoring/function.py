@@ -34,7 +34,8 @@ from mscad_jax.ops import l2_normalize
 from mscad_jax.scoring import fusion, knn
 from mscad_jax.scoring.spec import PER_SCALE_SCORERS, ScorerSpec
 
-ScorerState = dict[str, Any]  # frozen, detector, centers, bank, [pixel_bank], stats, scorer_stats, threshold
+# frozen, detector, centers, bank, [pixel_bank], stats, scorer_stats, normal_scores, threshold
+ScorerState = dict[str, Any]
 RawFunction = Callable[[dict, dict, dict, jax.Array], dict[str, jax.Array]]
 
 
@@ -144,6 +145,14 @@ def fit(train: dict[str, np.ndarray], variables: dict[str, Any], spec: ScorerSpe
                          f"(available: {', '.join(by_scorer)})")
     scorer_stats = {s: np.array([v.mean(), v.std()], np.float32) for s, v in by_scorer.items()}
     final = np.asarray(fusion.final_score(by_scorer, scorer_stats, spec.scorers))
-    state = {**variables, "bank": bank, **pixel_bank, "stats": stats, "scorer_stats": scorer_stats,
-             "threshold": np.float32(np.percentile(final, spec.threshold_percentile))}
+    state = {**variables, "bank": bank, **pixel_bank, "stats": stats, "scorer_stats": scorer_stats}
+    state |= threshold_state(final, spec.threshold_percentile)
     return state, dataclasses.replace(spec, available=tuple(by_scorer))
+
+
+def threshold_state(normal_scores: np.ndarray, percentile: float) -> dict[str, np.ndarray]:
+    """'normal_scores' (the final scores of the normal images the threshold is set on,
+    sorted: another operating point can be read from them without refitting) and
+    'threshold', their `percentile`-th percentile."""
+    normal_scores = np.sort(np.asarray(normal_scores, np.float32))
+    return {"normal_scores": normal_scores, "threshold": np.float32(np.percentile(normal_scores, percentile))}

@@ -1,0 +1,120 @@
+"""The validation split (DESIGN section 2): carved from the TRAIN split only, never
+trained on, with anomalies that are not test images; scored beside the test split, and
+the threshold set on its held-out normals."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from mscad_jax import config as config_lib
+from mscad_jax import train
+from mscad_jax.data import protocols, sources
+
+
+def _config(**overrides):
+    c = config_lib.base_config()
+    c.image_size = 8
+    return config_lib.apply_overrides(c, {"dataset": "digits", "validation.fraction": 0.2, **overrides})
+
+
+def _rows(images):
+    return {bytes(x) for x in images}
+
+
+def test_one_class_holds_out_normal_training_images_and_draws_anomalies_from_other_training_classes():
+    config = _config(normal_class=3)
+    data = protocols.build_protocol(config)
+    train_split, test_split = (sources.load_split("digits", s, 8, 1) for s in ("train", "test"))
+    normal = train_split.images[train_split.labels == 3]
+    v = data.validation
+    held = v.normal_images
+    assert len(held) == round(0.2 * len(normal)) and len(data.train_images) == len(normal) - len(held)
+    assert _rows(held) | _rows(data.train_images) == _rows(normal)
+    assert not _rows(held) & _rows(data.train_images)  # never trained on
+    anomalies = v.images[v.labels == 1]
+    assert len(anomalies) == len(held) and set(v.classes[v.labels == 1]) <= set(range(10)) - {3}
+    assert _rows(anomalies) <= _rows(train_split.images[train_split.labels != 3])  # from TRAIN
+    assert not _rows(v.images) & _rows(test_split.images)
+    assert v.source == "other classes" and v.masks is None
+    # Seeded: the same config gives the same split; another seed another.
+    again = protocols.build_protocol(config).validation
+    np.testing.assert_array_equal(again.images, v.images)
+    other = protocols.build_protocol(config_lib.apply_overrides(config, {"seed": 1})).validation
+    assert not np.array_equal(other.images, v.images)
+
+
+def test_unbalanced_validation_anomalies_are_never_the_labelled_training_anomalies():
+    data = protocols.build_protocol(_config(protocol="unbalanced", anomaly_ratio=0.5, normal_class=0,
+                                            **{"validation.anomalies_per_normal": 3.0}))
+    labelled = data.train_images[data.train_labelled_anomaly]
+    anomalies = data.validation.images[data.validation.labels == 1]
+    assert len(labelled) and len(anomalies) == 3 * len(data.validation.normal_images)
+    assert not _rows(labelled) & _rows(anomalies)
+
+
+def test_local_validation_anomalies_are_synthesised_on_the_held_out_normals_with_masks():
+    data = protocols.build_protocol(_config(anomaly_type="local", local_kind="cutpaste", image_size=16))
+    v = data.validation
+    normals, anomalies = v.images[v.labels == 0], v.images[v.labels == 1]
+    assert len(normals) == len(anomalies) and v.source == "synthesised cutpaste"
+    assert v.masks.shape == v.images.shape[:3] and v.masks[v.labels == 0].sum() == 0
+    assert np.all(v.masks[v.labels == 1].sum(axis=(1, 2)) > 0)
+    outside = v.masks[v.labels == 1][..., None] == 0
+    np.testing.assert_array_equal(np.where(outside, anomalies, 0), np.where(outside, normals, 0))
+    assert not _rows(anomalies) & _rows(data.test_images)  # another seed than the test's
+
+
+@pytest.mark.parametrize("fraction", [-0.1, 1.0])
+def test_a_fraction_outside_the_range_is_refused(fraction):
+    with pytest.raises(config_lib.ConfigError, match=r"config.validation.fraction="):
+        config_lib.validate(_config(**{"validation.fraction": fraction}))
+
+
+def test_a_fraction_that_leaves_no_training_image_is_refused_and_a_tiny_one_still_holds_out_one():
+    with pytest.raises(config_lib.ConfigError, match="validation.fraction=0.999 holds out 124 of the 124"):
+        protocols.build_protocol(_config(normal_class=0, **{"validation.fraction": 0.999}))
+    assert len(protocols.build_protocol(_config(**{"validation.fraction": 0.001})).validation.normal_images) == 1
+
+
+def test_the_job_reports_validation_beside_test_and_sets_the_threshold_on_held_out_normals(tiny_config, tmp_path):
+    from mscad_jax import export, exported
+
+    config = tiny_config(dataset="digits", **{"validation.fraction": 0.2, "eval.scorer": ("detector", "knn"),
+                                              "eval.plots": False})
+    workdir = str(tmp_path / "run")
+    results = train.train_and_evaluate(config, workdir)
+    v = results["validation"]
+    assert 0.0 <= v["auroc"] <= 1.0 and 0.0 <= v["auroc_detector"] <= 1.0 and 0.0 <= v["auroc_knn"] <= 1.0
+    assert set(v["auroc_detector_per_scale"]) == {"scale2", "scale3", "scale4"}
+    assert v["num_normal"] == round(0.2 * 124) and v["num_anomalies"] == v["num_normal"] and v["anomalies"] == "other classes"
+    assert 0.0 <= v["auroc_pixel_knn_floor"] <= 1.0
+    assert results["threshold_set_on"] == "held-out normal training images"
+    data = protocols.build_protocol(config)
+    model = exported.load(export.export(workdir, str(tmp_path / "model"), ["cpu"]) and str(tmp_path / "model"))
+    held = model.score(data.validation.normal_images)["score"]
+    assert results["threshold"] == pytest.approx(float(np.percentile(held, 95.0)), rel=1e-5, abs=1e-5)
+    test = model.score(data.test_images)["score"]
+    assert results["threshold_test_fpr"] == pytest.approx(np.mean(test[data.test_labels == 0] > results["threshold"]))
+    assert results["threshold_test_tpr"] == pytest.approx(np.mean(test[data.test_labels == 1] > results["threshold"]))
+    with open(os.path.join(tmp_path / "model", "metadata.json")) as f:
+        meta = json.load(f)
+    assert meta["threshold_target_fpr"] == 0.05 and "held-out normal training images" in meta["threshold_rule"]
+    assert meta["threshold_test_fpr"] == results["threshold_test_fpr"]
+
+
+def test_an_image_folder_with_only_normal_training_images_gets_synthesised_local_anomalies(tmp_path):
+    """MVTec's layout: train/good alone, so the validation anomalies are pasted on held-out goods."""
+    from test_image_folders import _write_png
+
+    root = tmp_path / "bottle"
+    for i in range(10):
+        _write_png(root / "train" / "good" / f"{i:03d}.png", (20 * i, 100, 200), (16, 16))
+    _write_png(root / "test" / "good" / "000.png", (200, 200, 200), (16, 16))
+    _write_png(root / "test" / "crack" / "000.png", (40, 40, 40), (16, 16))
+    config = _config(dataset="image_folder", image_folder_dir=str(root), image_size=16, normal_class="good")
+    data = protocols.build_protocol(config)
+    v = data.validation
+    assert len(data.train_images) == 8 and len(v.normal_images) == 2 and v.source == "synthesised cutpaste"
+    assert v.masks is not None and np.all(v.masks[v.labels == 1].sum(axis=(1, 2)) > 0)

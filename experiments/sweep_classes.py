@@ -80,7 +80,8 @@ def reuse_stage1(config, workdir: str, source: str) -> None:
     mine = json.loads(config.to_json_best_effort())
     for c in (theirs, mine):  # the one setting allowed to differ: it does not change a one-class run
         c["stage1"].pop("labelled_anomalies", None)
-    for field in ("model", "stage1", "seed", "normal_class", "dataset", "image_size", "max_train_examples"):
+    for field in ("model", "stage1", "seed", "normal_class", "dataset", "image_size", "max_train_examples",
+                  "validation"):
         if theirs[field] != mine[field]:
             raise ValueError(f"--stage1_from: {source} was trained with a different {field}")
     if config.stage1.labelled_anomalies:

@@ -85,6 +85,18 @@ class ExportedModel:
     def threshold(self) -> float:
         return float(self.metadata["threshold"])
 
+    def threshold_at(self, fpr: float) -> float:
+        """The threshold that flags the share `fpr` of the normal images the artifact's
+        threshold was set on (held-out normals where the run had a validation split): another
+        operating point, read from their stored scores without refitting."""
+        if not 0.0 < fpr < 1.0:
+            raise ValueError(f"a false-positive rate in (0, 1), got {fpr}")
+        normal = self._weights.get("normal_scores")
+        if normal is None:
+            raise ArtifactError(f"{self.path} stores no normal scores (exported before they were kept): "
+                                "export it again to pick another operating point")
+        return float(np.quantile(normal, 1.0 - fpr))
+
     @property
     def image_shape(self) -> tuple[int, int, int]:
         i = self.metadata["input"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -34,6 +35,8 @@ def define_flags() -> None:
     flags.DEFINE_string("heatmaps", None, "Also write an overlay PNG per image into this directory.")
     flags.DEFINE_integer("batch_size", None, "Images scored per call (default: the model's evaluation batch, "
                          "whose scores match the training code's exactly).")
+    flags.DEFINE_float("threshold_fpr", None, "Flag images above the threshold that flags this share of held-out "
+                       "normal images (default: the artifact's own threshold and rate).")
     flags.mark_flags_as_required(["model", "output"])
 
 
@@ -63,11 +66,15 @@ def _read(paths: list[str], image_size: int, channels: int) -> Iterator[tuple[st
             yield path, sources.read_image_file(path, image_size, channels), ""
         except ValueError as e:
             yield path, None, str(e)
+        except OSError as e:  # a read error outside the decoders (Pillow's TIFF path)
+            yield path, None, f"{path}: not readable ({e})"
 
 
-def score_files(model: exported.ExportedModel, paths: list[str],
-                heatmaps: str | None = None) -> tuple[dict[str, list], list[str]]:
-    """Scores `paths` in batches; returns the CSV columns and the skipped files' reasons."""
+def score_files(model: exported.ExportedModel, paths: list[str], heatmaps: str | None = None,
+                threshold: float | None = None) -> tuple[dict[str, list], list[str]]:
+    """Scores `paths` in batches; returns the CSV columns and the skipped files' reasons.
+    `is_anomaly` compares with `threshold` (default: the artifact's)."""
+    threshold = model.threshold if threshold is None else threshold
     from mscad_jax import plots
 
     size, _, channels = model.image_shape
@@ -86,7 +93,7 @@ def score_files(model: exported.ExportedModel, paths: list[str],
         for i, (path, image) in enumerate(pending):
             columns.setdefault("path", []).append(path)
             columns.setdefault("score", []).append(float(out["score"][i]))
-            columns.setdefault("is_anomaly", []).append(int(out["score"][i] > model.threshold))
+            columns.setdefault("is_anomaly", []).append(int(out["score"][i] > threshold))
             for key in order[1:]:  # scorers named as in a training run's scores.csv
                 columns.setdefault(key.removeprefix("score/"), []).append(float(per_image[key][i]))
             if heatmaps:
@@ -124,21 +131,39 @@ def main(argv: list[str]) -> None:
     logs.setup_console()
     if not inputs:
         cli.refuse("name the image files or folders to score")
+    start = time.perf_counter()
     try:
         model = exported.load(FLAGS.model, FLAGS.batch_size)
+        threshold, rule = model.threshold, _threshold_rule(model.metadata)
+        if FLAGS.threshold_fpr is not None:
+            threshold = model.threshold_at(FLAGS.threshold_fpr)
+            rule = f"flags {100 * FLAGS.threshold_fpr:g}% of the held-out normal images (--threshold_fpr)"
         paths = find_files(inputs)
-    except (exported.ArtifactError, FileNotFoundError) as e:
+    except (exported.ArtifactError, FileNotFoundError, ValueError) as e:
         cli.refuse(str(e))
+    loaded = time.perf_counter()
     if not paths:
         cli.refuse(f"no files found in {' '.join(inputs)}")
-    columns, skipped = score_files(model, paths, FLAGS.heatmaps)
+    columns, skipped = score_files(model, paths, FLAGS.heatmaps, threshold)
     if not columns:
         cli.refuse(f"none of the {len(paths)} files is a decodable image; nothing written")
     files.write_csv_columns(FLAGS.output, columns)
+    seconds = time.perf_counter() - loaded
     flagged = sum(columns["is_anomaly"])
-    print(f"scored {len(columns['path'])} images -> {FLAGS.output}; {flagged} above the threshold "
-          f"{model.threshold:.4g}; {len(skipped)} files skipped (not decodable images)"
+    count = len(columns["path"])
+    print(f"scored {count} images -> {FLAGS.output} in {seconds:.1f} s ({count / max(seconds, 1e-9):.1f} images/s, "
+          f"reading included; model loaded in {loaded - start:.1f} s); {flagged} above the threshold "
+          f"{threshold:.4g} ({rule}); {len(skipped)} files skipped (not decodable images)"
           + (f"; heatmaps in {FLAGS.heatmaps}" if FLAGS.heatmaps else ""))
+
+
+def _threshold_rule(metadata: dict) -> str:
+    """What the artifact's threshold promises, and what it did on its run's test split."""
+    target, test = metadata.get("threshold_target_fpr"), metadata.get("threshold_test_fpr")
+    if target is None:
+        return metadata.get("threshold_rule", "the artifact's threshold")
+    text = f"target false-positive rate {100 * target:g}%"
+    return text + (f", {100 * test:.1f}% on the run's normal test images" if test is not None else "")
 
 
 if __name__ == "__main__":

@@ -244,3 +244,63 @@ def test_find_files_walks_folders_in_order_and_refuses_missing_paths(tmp_path):
                                                  str(tmp_path / "b" / "2.png")]
     with pytest.raises(FileNotFoundError, match="no such file or folder"):
         score.find_files([str(tmp_path / "missing")])
+
+
+def test_score_files_survives_every_odd_input(job, tmp_path, monkeypatch):
+    """Each odd input is scored (converted as training converts it) or skipped with one
+    reason and counted: never a traceback, never a partial CSV."""
+    import tensorflow as tf
+
+    inputs = tmp_path / "in"
+    (inputs / "looks_like.png").mkdir(parents=True)  # a folder named like an image: walked into
+    gray = job["data"].test_images[0][..., 0]
+    Image.fromarray(gray).save(inputs / "gray.png")
+    Image.fromarray(np.stack([gray] * 3, -1)).save(inputs / "rgb_for_a_gray_model.png")
+    Image.fromarray(gray).save(inputs / "looks_like.png" / "inside.png")
+    Image.fromarray(np.full((4000, 4000), 128, np.uint8)).save(inputs / "huge.png")
+    wide = (gray.astype(np.uint16) * 257)[..., None]
+    (inputs / "sixteen_bit.png").write_bytes(tf.io.encode_png(tf.constant(wide)).numpy())
+    frames = [Image.fromarray(gray), Image.fromarray(255 - gray)]
+    frames[0].save(inputs / "animated.gif", save_all=True, append_images=frames[1:])
+    (inputs / "empty.jpg").write_bytes(b"")
+    os.symlink(tmp_path / "gone.png", inputs / "broken_link.png")
+    Image.fromarray(gray).save(inputs / "unreadable.png")
+    real_read = tf.io.read_file
+
+    def read_file(path, *args, **kwargs):  # a read error part-way (root reads every file)
+        if "unreadable" in str(path):
+            raise tf.errors.DataLossError(None, None, "Input/output error")
+        return real_read(path, *args, **kwargs)
+
+    monkeypatch.setattr(tf.io, "read_file", read_file)
+    model = exported.load(job["artifact"])
+    columns, skipped = score.score_files(model, score.find_files([str(inputs)]))
+    scored = sorted(os.path.basename(p) for p in columns["path"])
+    assert scored == ["animated.gif", "gray.png", "huge.png", "inside.png", "rgb_for_a_gray_model.png",
+                      "sixteen_bit.png"]
+    assert len(skipped) == 3 and all(len(reason.splitlines()) == 1 for reason in skipped)
+    for name in ("empty.jpg", "broken_link.png", "unreadable.png"):
+        assert sum(name in reason for reason in skipped) == 1, (name, skipped)
+    by_name = dict(zip((os.path.basename(p) for p in columns["path"]), columns["score"]))
+    want = float(model.score(gray[None, ..., None])["score"][0])
+    for name in ("gray.png", "rgb_for_a_gray_model.png", "inside.png", "sixteen_bit.png", "animated.gif"):
+        assert by_name[name] == pytest.approx(want, abs=1e-5), name  # the first frame; 16 bits scaled to 8
+
+
+def test_score_command_refuses_a_missing_path_and_picks_another_operating_point(job, tmp_path):
+    image = tmp_path / "x.png"
+    Image.fromarray(job["data"].test_images[0][..., 0]).save(image)
+    output = tmp_path / "scores.csv"
+    done = _run("mscad_jax.score", f"--model={job['artifact']}", f"--output={output}", str(image),
+                str(tmp_path / "missing.png"))
+    assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].endswith("missing.png: no such file or folder")
+    assert not output.exists()
+    done = _run("mscad_jax.score", f"--model={job['artifact']}", f"--output={output}", "--threshold_fpr=0.2", str(image))
+    assert done.returncode == 0, done.stderr
+    model = exported.load(job["artifact"])
+    summary = done.stdout.strip().splitlines()[-1]
+    assert "images/s" in summary and "model loaded in" in summary and "--threshold_fpr" in summary
+    assert f"{model.threshold_at(0.2):.4g}" in summary and model.threshold_at(0.2) < model.threshold
+    assert model.threshold_at(0.05) == pytest.approx(model.threshold, rel=1e-5)
+    with pytest.raises(ValueError, match=r"\(0, 1\)"):
+        model.threshold_at(1.5)

@@ -189,7 +189,7 @@ def read_image_file(path: str, image_size: int, channels: int) -> np.ndarray:
     else:
         try:
             image = tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
-        except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:
+        except tf.errors.OpError as e:  # undecodable, missing, or a read error part-way
             reason = e.message.split("}}")[-1].split("[Op:")[0].strip()  # TF's text without its op trace
             raise ValueError(f"{path}: not a decodable image ({reason})") from None
     if image.shape[-1] == 2:  # gray + alpha

@@ -4,9 +4,10 @@
     model = exported.load("model_dir")
     out = model.score(images)  # uint8 [N, H, W, C] -> {'score': [N], 'map': [N, H, W], ...}
 
-Needs jax and numpy only: no config, no Flax modules. An artifact is a directory of
+Needs jax (with flatbuffers, which jax.export.deserialize imports) and numpy only: no
+config, no Flax, TensorFlow or optax (requirements-runtime.txt). An artifact is a directory of
 three files:
-- `model.stablehlo`: the scoring function (mscad_jax.scorer) serialised by jax.export,
+- `model.stablehlo`: the scoring function (mscad_jax.scoring) serialised by jax.export,
   with a symbolic batch dimension, called as `f(weights, images)`;
 - `weights.npz`: every array of the scorer state (trained variables, k-NN bank, normal
   statistics, threshold) under dotted names, read with allow_pickle=False;

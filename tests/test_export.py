@@ -33,9 +33,12 @@ def _read_csv(path):
 
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
+    return make_job(tmp_path_factory.mktemp("export"))
+
+
+def make_job(root) -> dict:
     """A finished tiny digits job (rotation head, four scorers summed, the Euclidean
     kNN of the digits config, the detector on its own scales) and its export."""
-    root = tmp_path_factory.mktemp("export")
     config = config_lib.chosen_method(make_tiny_config(dataset="digits", normal_class=0))
     config.eval.scorer = ("knn", "rotation", "detector", "pixel_knn")
     config.eval.knn_metric = "euclidean"

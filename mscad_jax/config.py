@@ -123,6 +123,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.knn_k = 5  # Neighbours of the knn scorer (distance of its feature vectors to normal training images).
     c.eval.knn_metric = "cosine"  # knn distance: cosine (L2-normalised vectors) | euclidean (raw vectors: keeps their norm).
     c.eval.knn_pooling = "mean"  # knn vectors: mean (GAP of each scale) | flatten (keeps where each feature is).
+    c.eval.pixel_threshold_percentile = 99.0  # A map pixel above this percentile of held-out normal images' map pixels is marked defective (masks and boxes of mscad_jax.score).
     c.eval.pixel_floor = True  # Also report the raw-pixel k-NN AUROC (k = scoring.spec.PIXEL_FLOOR_K) of the same split: the floor to clear.
     c.eval.linear_eval = False  # Linear probe on frozen pooled features of the full dataset.
     c.eval.linear_eval_max_examples = 20000  # Cap on linear-probe training images.

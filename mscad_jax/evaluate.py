@@ -35,6 +35,8 @@ from mscad_jax.scoring import state as scoring_state
 
 # Normal training images used to measure mu_s, sigma_s (a seeded subset when larger).
 MAX_STATS_EXAMPLES = 10000
+# Without a validation split, the pixel threshold comes from this many training normals' maps.
+MAX_PIXEL_THRESHOLD_IMAGES = 1000
 
 
 def score_images(score_fn: Callable, args: tuple, images: np.ndarray, batch_size: int, mesh: Mesh,
@@ -86,12 +88,17 @@ def evaluate(config: ml_collections.ConfigDict, data: protocols.ProtocolData, mo
         # The threshold promises a false-positive rate on unseen normal images, so it is set
         # on held-out ones: the training normals were fitted on (detector, k-NN bank).
         state |= scoring.threshold_state(validation.pop("scores")[v.labels == 0], spec.threshold_percentile)
+        normal_maps = validation.pop("maps")[v.labels == 0]
+    else:  # no held-out normals: the training normals' maps (the detector was fitted on them)
+        normal_maps = score(normal_train[:MAX_PIXEL_THRESHOLD_IMAGES])["map"]
+    # Defect masks (mscad_jax.score) mark the map pixels above what normal images reach.
+    state["pixel_threshold"] = np.float32(np.percentile(normal_maps, spec.pixel_threshold_percentile))
     stats = {k: tuple(map(float, v)) for k, v in state["stats"].items()}
     labels = data.test_labels
     final, maps = test["score"], test["map"]
     split = split_results(test, labels, data.test_classes, data.test_masks, names, data.class_names)
     test_by_scorer = split.pop("by_scorer")
-    split.pop("scores")
+    split.pop("scores"), split.pop("maps")
     threshold = float(state["threshold"])
     results: dict[str, Any] = {
         "dataset": config.dataset,
@@ -111,6 +118,7 @@ def evaluate(config: ml_collections.ConfigDict, data: protocols.ProtocolData, mo
         "score_stats": {k: {"mean": m, "std": s} for k, (m, s) in stats.items()},
         "threshold": threshold,
         "threshold_percentile": spec.threshold_percentile,
+        "pixel_threshold": float(state["pixel_threshold"]),
         "threshold_set_on": "held-out normal training images" if validation else "normal training images",
         # What the threshold does on the test split: the share of normal test images it
         # flags (its false-positive rate) and of anomalies (its true-positive rate).
@@ -155,7 +163,7 @@ def split_results(scores: dict[str, np.ndarray], labels: np.ndarray, classes: np
             **{f"auroc_{s}": auroc_of(s) for s in scoring_spec.SCORERS},
             **{f"auroc_{s}_per_scale": per_scale(s) for s in scoring_spec.PER_SCALE_SCORERS},
             "pixel_auroc": metrics.pixel_auroc(scores["map"], masks),
-            "by_scorer": by_scorer, "scores": scores["score"]}
+            "by_scorer": by_scorer, "scores": scores["score"], "maps": scores["map"]}
 
 
 def _scalars(results: dict[str, Any], prefix: str = "") -> dict[str, float]:

@@ -147,6 +147,10 @@ def export(workdir: str, output: str, platforms: list[str] | None = None) -> dic
         "threshold_test_tpr": results.get("threshold_test_tpr"),
         "validation_auroc": (results.get("validation") or {}).get("auroc"),
         "heatmap_range": list(fusion.heatmap_range(spec.map_weights)),
+        "pixel_threshold": float(state["pixel_threshold"]) if "pixel_threshold" in state else None,
+        "pixel_threshold_rule": f"{spec.pixel_threshold_percentile:g}th percentile of the map pixels of "
+                                f"{results.get('threshold_set_on', 'normal training images')}; pixels above it "
+                                "form the defect mask, its connected regions the boxes",
         "dataset": config.dataset,
         "image_folder_dir": config.image_folder_dir,
         "protocol": config.protocol,

@@ -7,9 +7,12 @@ BMP, GIF and TIFF files are read, resized and converted to the model's channels 
 training reads image folders (sources.read_image_file); anything else, and any file
 that does not decode, is skipped with one warning line and counted in the summary.
 The CSV has one row per image: path, score, is_anomaly (score above the artifact's
-threshold), each scorer's score and the per-scale scores. `--heatmaps` writes an
+threshold), each scorer's score and the per-scale scores, and where the defect is: the
+share of the map above the artifact's pixel threshold and the bounding boxes of its
+connected regions ("x0 y0 x1 y1" in the file's own pixels, ";"-separated). `--heatmaps` writes an
 overlay PNG per image, coloured by one range for the whole run (the artifact's
-heatmap_range, from normal statistics), never per image. Outputs are written
+heatmap_range, from normal statistics), never per image, and the binary defect mask at
+the file's size (`<name>_mask.png`). Outputs are written
 atomically; with no image to score the command ends with status 2 and writes nothing.
 """
 
@@ -84,6 +87,7 @@ def score_files(model: exported.ExportedModel, paths: list[str], heatmaps: str |
     pending: list[tuple[str, np.ndarray]] = []
     done = 0
     heat_range = tuple(model.metadata["heatmap_range"])
+    pixel_threshold = model.metadata.get("pixel_threshold")  # None in artifacts exported before it existed
 
     def flush():
         batch = np.stack([image for _, image in pending])
@@ -96,11 +100,21 @@ def score_files(model: exported.ExportedModel, paths: list[str], heatmaps: str |
             columns.setdefault("is_anomaly", []).append(int(out["score"][i] > threshold))
             for key in order[1:]:  # scorers named as in a training run's scores.csv
                 columns.setdefault(key.removeprefix("score/"), []).append(float(per_image[key][i]))
+            if pixel_threshold is not None:  # where the defect is: the map above the pixel threshold
+                defective = out["map"][i] > pixel_threshold
+                size = _original_size(path, defective.shape)
+                boxes = defect_boxes(defective, size)
+                columns.setdefault("defect_share", []).append(float(defective.mean()))
+                columns.setdefault("boxes", []).append(";".join(" ".join(map(str, b)) for b in boxes))
             if heatmaps:
-                name = f"{len(columns['path']) - 1:06d}_{os.path.splitext(os.path.basename(path))[0]}.png"
-                target = os.path.join(heatmaps, name)
+                stem = f"{len(columns['path']) - 1:06d}_{os.path.splitext(os.path.basename(path))[0]}"
+                target = os.path.join(heatmaps, f"{stem}.png")
                 _write_png(target, plots.heatmap_overlay(image, out["map"][i], heat_range))
                 columns.setdefault("heatmap", []).append(target)
+                if pixel_threshold is not None:
+                    mask = os.path.join(heatmaps, f"{stem}_mask.png")
+                    _write_mask(mask, defective, size)
+                    columns.setdefault("mask", []).append(mask)
         pending.clear()
 
     for path, image, problem in _read(paths, size, channels):
@@ -117,6 +131,36 @@ def score_files(model: exported.ExportedModel, paths: list[str], heatmaps: str |
     if pending:
         flush()
     return columns, skipped
+
+
+def defect_boxes(defective: np.ndarray, size: tuple[int, int]) -> list[tuple[int, int, int, int]]:
+    """(x0, y0, x1, y1) of each connected region (8-connected) of the boolean map
+    `defective` [h, w], in the pixels of an image of `size` (width, height) that the map
+    was resized from: x1, y1 exclusive, so a box covers every pixel its region touches."""
+    from scipy import ndimage
+
+    labels, _ = ndimage.label(defective, structure=np.ones((3, 3)))
+    sx, sy = size[0] / defective.shape[1], size[1] / defective.shape[0]
+    return [(int(np.floor(x.start * sx)), int(np.floor(y.start * sy)), int(np.ceil(x.stop * sx)),
+             int(np.ceil(y.stop * sy))) for y, x in ndimage.find_objects(labels)]
+
+
+def _original_size(path: str, fallback: tuple[int, int]) -> tuple[int, int]:
+    """(width, height) of the file as stored, or the map's own size where Pillow cannot tell."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, ValueError):
+        return fallback[1], fallback[0]
+
+
+def _write_mask(path: str, defective: np.ndarray, size: tuple[int, int]) -> None:
+    from PIL import Image
+
+    with files.atomic_write(path, "wb") as f:
+        Image.fromarray(defective.astype(np.uint8) * 255).resize(size, Image.NEAREST).save(f, format="PNG")
 
 
 def _write_png(path: str, rgb: np.ndarray) -> None:

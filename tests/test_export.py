@@ -307,3 +307,37 @@ def test_score_command_refuses_a_missing_path_and_picks_another_operating_point(
     assert model.threshold_at(0.05) == pytest.approx(model.threshold, rel=1e-5)
     with pytest.raises(ValueError, match=r"\(0, 1\)"):
         model.threshold_at(1.5)
+
+
+def test_defect_boxes_cover_each_connected_region_in_the_files_pixels():
+    defective = np.zeros((8, 8), bool)
+    defective[1:3, 2:4] = True  # one square region
+    defective[5, 6] = defective[6, 7] = True  # diagonal neighbours: one region (8-connected)
+    assert score.defect_boxes(defective, (8, 8)) == [(2, 1, 4, 3), (6, 5, 8, 7)]
+    # A file of 80 x 40 pixels (width, height): boxes scale to it and still cover the region.
+    assert score.defect_boxes(defective, (80, 40)) == [(20, 5, 40, 15), (60, 25, 80, 35)]
+    assert score.defect_boxes(np.zeros((8, 8), bool), (8, 8)) == []
+
+
+def test_score_command_marks_where_the_defect_is(job, tmp_path):
+    meta = job["metadata"]
+    assert meta["pixel_threshold"] == pytest.approx(job["results"]["pixel_threshold"]) and meta["pixel_threshold"] > 0
+    image = tmp_path / "x.png"
+    big = np.repeat(np.repeat(job["data"].test_images[1][..., 0], 5, axis=0), 5, axis=1)  # a 40 x 40 file
+    Image.fromarray(big).save(image)
+    output, heatmaps = tmp_path / "scores.csv", tmp_path / "heat"
+    done = _run("mscad_jax.score", f"--model={job['artifact']}", f"--output={output}", f"--heatmaps={heatmaps}",
+                str(image))
+    assert done.returncode == 0, done.stderr
+    row = _read_csv(output)[0]
+    from mscad_jax.data import sources
+
+    as_read = sources.read_image_file(str(image), 8, 1)  # resized to the model's 8 x 8 as scoring reads it
+    heat = exported.load(job["artifact"]).score(as_read[None])["map"][0]
+    defective = heat > meta["pixel_threshold"]
+    assert float(row["defect_share"]) == pytest.approx(defective.mean())
+    want = ";".join(" ".join(map(str, b)) for b in score.defect_boxes(defective, (40, 40)))
+    assert row["boxes"] == want
+    with Image.open(row["mask"]) as mask:
+        assert mask.size == (40, 40)
+        np.testing.assert_array_equal(np.asarray(mask) > 0, np.repeat(np.repeat(defective, 5, 0), 5, 1))

@@ -93,7 +93,9 @@ def test_the_job_reports_validation_beside_test_and_sets_the_threshold_on_held_o
     assert results["threshold_set_on"] == "held-out normal training images"
     data = protocols.build_protocol(config)
     model = exported.load(export.export(workdir, str(tmp_path / "model"), ["cpu"]) and str(tmp_path / "model"))
-    held = model.score(data.validation.normal_images)["score"]
+    held_out = model.score(data.validation.normal_images)
+    held = held_out["score"]
+    assert results["pixel_threshold"] == pytest.approx(float(np.percentile(held_out["map"], 99.0)), rel=1e-4)
     assert results["threshold"] == pytest.approx(float(np.percentile(held, 95.0)), rel=1e-5, abs=1e-5)
     test = model.score(data.test_images)["score"]
     assert results["threshold_test_fpr"] == pytest.approx(np.mean(test[data.test_labels == 0] > results["threshold"]))

@@ -40,6 +40,7 @@ class ScorerSpec:
     knn_metric: str = "cosine"  # cosine | euclidean
     detector_weights: tuple[float, ...] = ()  # w_s of the detector and the maps; () = weights
     knn_pooling: str = "mean"  # the knn vectors: mean (GAP) | flatten
+    pixel_threshold_percentile: float = 99.0  # of normal images' map pixels: the defect-mask threshold
 
     @property
     def map_weights(self) -> tuple[float, ...]:
@@ -73,7 +74,8 @@ def from_config(config) -> ScorerSpec:
     return ScorerSpec(names=names, weights=weights, scorers=scorer_names(config.eval.scorer),
                       knn_k=int(config.eval.knn_k), knn_metric=config.eval.knn_metric,
                       detector_weights=tuple(float(w) for w in config.eval.detector_weights),
-                      knn_pooling=config.eval.knn_pooling)
+                      knn_pooling=config.eval.knn_pooling,
+                      pixel_threshold_percentile=float(config.eval.pixel_threshold_percentile))
 
 
 def check_eval_section(ev, model, fail) -> None:
@@ -88,6 +90,8 @@ def check_eval_section(ev, model, fail) -> None:
         fail("eval.knn_pooling", ev.knn_pooling, f"allowed: {', '.join(KNN_POOLINGS)}")
     if ev.knn_metric not in KNN_METRICS:
         fail("eval.knn_metric", ev.knn_metric, f"allowed: {', '.join(KNN_METRICS)}")
+    if not 0.0 < ev.pixel_threshold_percentile < 100.0:
+        fail("eval.pixel_threshold_percentile", ev.pixel_threshold_percentile, "a percentile in (0, 100)")
     if ev.knn_k < 1:
         fail("eval.knn_k", ev.knn_k, "must be a positive integer")
     count = len(tuple(model.scales))

@@ -55,7 +55,8 @@ COLUMNS = {"AUROC": "auroc", "detector": "auroc_detector", "A0": "auroc_a0", "kN
            "rotation": "auroc_rotation", "pixel 5-NN floor": "auroc_pixel_knn_floor",
            # The same on the validation split (validation.fraction > 0), where every choice is made.
            "val AUROC": "validation.auroc", "val detector": "validation.auroc_detector",
-           "val kNN": "validation.auroc_knn", "val floor": "validation.auroc_pixel_knn_floor"}
+           "val A0": "validation.auroc_a0", "val kNN": "validation.auroc_knn",
+           "val rotation": "validation.auroc_rotation", "val floor": "validation.auroc_pixel_knn_floor"}
 
 
 def lookup(results: dict, key: str):

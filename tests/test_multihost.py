@@ -50,9 +50,7 @@ TINY_JOB = ["--config=configs/default.py:normal_class=1", "--config.model.scales
             "--config.stage2.batch_size=16", "--config.stage2.epochs=2", "--config.stage2.hidden=4",
             "--config.stage2.embed_dim=4", "--config.eval.batch_size=32", "--config.eval.plots=False",
             "--config.log_every_steps=2",
-            # The agreement bounds below were measured on this split; with a validation split the
-            # 16 training images differ, and the open question of why scale 2 disagrees (issue 28)
-            # is the same.
+            # The agreement bounds below were measured on this split (no validation split).
             "--config.validation.fraction=0.0"]
 
 
@@ -94,18 +92,18 @@ def test_whole_job_on_two_processes_matches_one_process_with_four_devices(tmp_pa
     for name, stat in one["score_stats"].items():
         for k in ("mean", "std"):
             assert two["score_stats"][name][k] == pytest.approx(stat[k], rel=1e-4, abs=1e-6), (name, k)
-    # Per image, scores agree to 1e-4. Scale 2 of the untrained width-4 encoder (8
-    # channels after a ReLU) has near-zero feature vectors whose direction, hence the
-    # memory's cosine retrieval there, is set by round-off: its memory scores (and fusions
-    # that include them: detector) agree on most images only (seen per
-    # column: 95.6-100% of the images; in all columns at once 92-99.8%).
+    # Per image, scores agree to 1e-4, except that the fused detector and A0 columns move
+    # on a few images: they divide by the spread of scale 2's scores, which is tiny in this
+    # untrained width-4 encoder, and the order of float reductions follows the device count
+    # (one process with one or two devices disagrees with four as much as two processes
+    # do): experiments/results/multihost_agreement.md, 97.4-100% of images per column.
     header, a = _scores(tmp_path / "one" / "scores.csv")
     header_two, b = _scores(tmp_path / "two" / "scores.csv")
     assert header == header_two
     close = np.abs(a - b) <= 1e-4 * (np.abs(a) + a.std(axis=0) + 1e-12)  # z-scores cross 0: scale by spread too
     exact = [h for h in header if h in ("score", "knn", "rotation") or h.endswith(("scale3", "scale4"))]
     assert all(close[:, header.index(h)].all() for h in exact), [h for h in exact if not close[:, header.index(h)].all()]
-    assert all(close[:, header.index(h)].mean() >= 0.9 for h in header), dict(zip(header, close.mean(axis=0)))
+    assert all(close[:, header.index(h)].mean() >= 0.95 for h in header), dict(zip(header, close.mean(axis=0)))
     # So rank metrics over scores that include scale 2 may move by a pair or two.
     for key in ("auroc_detector", "auroc_a0"):
         assert two[key] == pytest.approx(one[key], abs=2e-3), key

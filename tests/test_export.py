@@ -224,7 +224,8 @@ def test_score_command_on_folders(job, tmp_path):
         assert int(row["is_anomaly"]) == int(want["score"][i] > threshold)
         with open(row["heatmap"], "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-    assert len(os.listdir(heatmaps)) == 6
+    written = sorted(os.listdir(heatmaps))  # an overlay and a defect mask per image
+    assert len(written) == 12 and sum(name.endswith("_mask.png") for name in written) == 6
 
 
 def test_score_command_without_images_writes_nothing(job, tmp_path):

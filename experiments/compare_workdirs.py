@@ -19,14 +19,13 @@ import numpy as np
 from absl import app, flags
 
 from mscad_jax import report
+from mscad_jax.scoring.state import current_name
 
 _BEFORE = flags.DEFINE_string("before", None, "Workdir evaluated by the old code.", required=True)
 _AFTER = flags.DEFINE_string("after", None, "Workdir evaluated by the new code.", required=True)
 _BEFORE_MODEL = flags.DEFINE_string("before_model", None, "Artifact exported by the old code.")
 _AFTER_MODEL = flags.DEFINE_string("after_model", None, "Artifact exported by the new code.")
 _IMAGES_FROM = flags.DEFINE_string("images_from", None, "Workdir whose config.json gives the images to score.")
-# Per-scale column prefixes of earlier versions (scores.csv, artifact outputs).
-LEGACY_COLUMNS = {"a/": "detector/"}
 
 
 def _numbers(tree, prefix=""):
@@ -40,20 +39,13 @@ def _numbers(tree, prefix=""):
     return out
 
 
-def _renamed(name: str) -> str:
-    for old, new in LEGACY_COLUMNS.items():
-        if name.startswith(old):
-            return new + name[len(old):]
-    return name
-
-
 def _columns(path: str) -> dict[str, np.ndarray]:
     with open(path, encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     out = {}
     for name in rows[0]:
         try:
-            out[_renamed(name)] = np.array([float(r[name]) for r in rows])
+            out[current_name(name)] = np.array([float(r[name]) for r in rows])
         except ValueError:
             continue  # paths
     return out
@@ -81,7 +73,7 @@ def main(argv):
     skip = ("wall_time_s",)
     before = {k: v for k, v in _numbers(load(_BEFORE.value)).items() if not k.startswith(skip)}
     after = {k: v for k, v in _numbers(load(_AFTER.value)).items() if not k.startswith(skip)}
-    before = {k.replace("score_stats.a/", "score_stats.detector/"): v for k, v in before.items()}
+    before = {".".join(current_name(p) for p in k.split(".")): v for k, v in before.items()}
     _compare("results.json", before, after)
     _compare("scores.csv", _columns(os.path.join(_BEFORE.value, "scores.csv")),
              _columns(os.path.join(_AFTER.value, "scores.csv")))
@@ -92,7 +84,7 @@ def main(argv):
 
         with open(os.path.join(_IMAGES_FROM.value or _AFTER.value, "config.json"), encoding="utf-8") as f:
             images = protocols.build_protocol(config_lib.from_json(json.load(f))).test_images
-        score = lambda path: {_renamed(k): v for k, v in exported.load(path).score(images).items()}  # noqa: E731
+        score = lambda path: {current_name(k): v for k, v in exported.load(path).score(images).items()}  # noqa: E731
         _compare("exported scores", score(_BEFORE_MODEL.value), score(_AFTER_MODEL.value))
 
 

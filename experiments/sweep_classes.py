@@ -59,14 +59,6 @@ COLUMNS = {"AUROC": "auroc", "detector": "auroc_detector", "A0": "auroc_a0", "kN
            "val rotation": "validation.auroc_rotation", "val floor": "validation.auroc_pixel_knn_floor"}
 
 
-def lookup(results: dict, key: str):
-    """results[key], a dotted key reaching into nested dicts ('validation.auroc'); None
-    where any part is missing."""
-    for part in key.split("."):
-        results = results.get(part) if isinstance(results, dict) else None
-    return results
-
-
 def known_classes(normal: int, num_classes: int, per_class: int, seed: int) -> list[int]:
     """A fixed seeded draw of `per_class` known anomaly classes for `normal`."""
     others = [k for k in range(num_classes) if k != normal]
@@ -131,8 +123,8 @@ def main(argv):
             if _STAGE1_FROM.value:
                 source = os.path.join(_STAGE1_FROM.value, f"class{k}" if seed == 0 else f"class{k}_seed{seed}")
             results = [run(c, os.path.join(_WORKDIR.value, name), source) for name, c in runs_of_class(base, k, seed)]
-            per_seed.append({col: np.mean([lookup(r, key) for r in results])
-                             if lookup(results[0], key) is not None else None for col, key in COLUMNS.items()}
+            per_seed.append({col: np.mean([report.lookup(r, key) for r in results])
+                             if report.lookup(results[0], key) is not None else None for col, key in COLUMNS.items()}
                             | {"minutes": np.mean([r["wall_time_s"] for r in results]) / 60})
         row = {"class": str(k)}
         for col in list(COLUMNS) + ["minutes"]:

@@ -75,8 +75,10 @@ def evaluate(config: ml_collections.ConfigDict, data: protocols.ProtocolData, mo
                          config.eval.batch_size, mesh, keep_maps=False)
     state, spec = scoring.fit(train, variables, spec, normal_images=normal_train)
     score_jit = parallel.jit_over_batch(scoring.make_scorer(model, det, spec), mesh, 1)
-    score = lambda images: score_images(score_jit, (parallel.replicate(state, mesh),), images,  # noqa: E731
-                                        config.eval.batch_size, mesh)
+    # One copy of the state on the devices for every split (the bank is most of it); the
+    # threshold fields set below are not read by the scoring function.
+    on_devices = parallel.replicate(state, mesh)
+    score = lambda images: score_images(score_jit, (on_devices,), images, config.eval.batch_size, mesh)  # noqa: E731
     test = score(data.test_images)
     validation = None
     if data.validation is not None:

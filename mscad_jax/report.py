@@ -18,6 +18,15 @@ def current_keys(results: Mapping[str, Any]) -> dict[str, Any]:
     return {LEGACY_RESULT_KEYS.get(k, k): v for k, v in results.items()}
 
 
+def lookup(results: Mapping[str, Any], key: str) -> Any:
+    """results[key], a dotted key reaching into nested dicts ('validation.auroc'); None
+    where any part is missing."""
+    value: Any = results
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, Mapping) else None
+    return value
+
+
 def _is_number(v: Any) -> bool:
     # bool is an Integral subclass but "True" is not something to average.
     return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
@@ -93,8 +102,6 @@ def format_summary(results: dict[str, Any]) -> str:
     rows = ["| result | value |", "|---|---|"]
     results = current_keys(results)
     for k in SUMMARY_KEYS:
-        v = results
-        for part in k.split("."):  # 'validation.auroc': the validation split's figure
-            v = v.get(part) if isinstance(v, dict) else None
+        v = lookup(results, k)
         rows.append(f"| {k} | {'-' if v is None else f'{v:.4f}' if isinstance(v, float) else v} |")
     return "\n".join(rows)

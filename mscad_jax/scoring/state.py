@@ -47,7 +47,7 @@ def with_defaults(state: dict[str, Any]) -> ScorerState:
     return {"detector": {}, "centers": {}, **state}
 
 
-def _current_name(key: str) -> str:
+def current_name(key: str) -> str:
     """A statistics key of an earlier version ('a/scale2') under today's name."""
     prefix, _, rest = key.partition("/")
     return f"{LEGACY_PREFIXES.get(prefix, prefix)}/{rest}" if rest else key
@@ -66,7 +66,7 @@ def load(directory: str, defaults: ScorerSpec | None = None) -> tuple[ScorerStat
     `defaults` (the spec of the run's config)."""
     with np.load(os.path.join(directory, "arrays.npz"), allow_pickle=False) as z:
         state = with_defaults(unflatten({k: z[k] for k in z.files}))
-    state["stats"] = {_current_name(k): v for k, v in state["stats"].items()}
+    state["stats"] = {current_name(k): v for k, v in state["stats"].items()}
     with open(os.path.join(directory, "spec.json"), encoding="utf-8") as f:
         spec = ScorerSpec.from_json(json.load(f), defaults)
     return state, spec

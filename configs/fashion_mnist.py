@@ -3,7 +3,7 @@
 Offline: point TFDS at the prepared copy (`data_dir=...` or TFDS_DATA_DIR).
   python -m mscad_jax.main --config=configs/fashion_mnist.py:normal_class=3 --workdir=...
 The CPU-sized variant used for the sweep on two cores: `:cpu=True` (28x28 images, a
-smaller model, rotations, kNN + rotation + raw-pixel kNN scoring); minutes per class
+smaller model, rotations, detector + kNN + rotation scoring); minutes per class
 there (experiments/results/README.md).
 With `anomaly_type=local` it trains stage 1 without crops; the patch-kNN baseline for
 local anomalies is measured on the finished run by experiments/patch_knn.py.
@@ -39,10 +39,8 @@ def get_config(arg: str | None = None):
             # validation splits existed).
             c.stage1.augment.crop_scale_min = 1.0
         c.stage1.augment.jitter_prob = 0.0
-        # The raw-pixel kNN beside kNN + rotation put every class above its floor
-        # (experiments/results/fashion_mnist_one_class_pixel_knn.md; picked on the test split,
-        # and the floor itself: issue 26 replaces this default).
-        c.eval.scorer = ("knn", "rotation", "pixel_knn")
+        # eval.scorer stays chosen_method's detector + kNN + rotation; the raw-pixel kNN,
+        # the floor itself, left the default (experiments/results/fashion_mnist_validation_2026_12_05.md).
         c.stage2.pooling = "flatten"
         c.stage2.batch_size = 128
         c.stage2.epochs = 3

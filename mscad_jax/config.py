@@ -142,14 +142,16 @@ def chosen_method(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     README.md) on top of the paper's form, which `base_config()` keeps: CSI-style rotated
     copies with a 4-way rotation head, an instance NT-Xent beside the memory terms, the
     memory asked to reconstruct the features, stage 2 trained against rotated copies, and
-    kNN (on flattened feature maps) + rotation scoring. Each is one field; set it back for
-    the paper's form."""
+    the detector + kNN (on flattened feature maps) + rotation score (chosen on validation
+    among the scores that include the detector: experiments/results/
+    fashion_mnist_validation_2026_12_05.md). Each is one field; set it back for the
+    paper's form."""
     c.stage1.rotations = True
     c.model.rotation_head = True
     c.stage1.instance_weight = 1.0
     c.stage1.reconstruction_weight = 1.0
     c.stage2.synthetic_anomalies = ("rotation",)
-    c.eval.scorer = ("knn", "rotation")
+    c.eval.scorer = ("detector", "knn", "rotation")
     c.eval.knn_pooling = "flatten"
     return c
 

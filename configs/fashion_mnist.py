@@ -3,8 +3,8 @@
 Offline: point TFDS at the prepared copy (`data_dir=...` or TFDS_DATA_DIR).
   python -m mscad_jax.main --config=configs/fashion_mnist.py:normal_class=3 --workdir=...
 The CPU-sized variant used for the sweep on two cores: `:cpu=True` (28x28 images, a
-smaller model, rotations, detector + kNN + rotation scoring); minutes per class
-there (experiments/results/README.md).
+smaller model, rotations, the fitted memory's detector + rotation scoring); minutes
+per class there (experiments/results/README.md).
 With `anomaly_type=local` it trains stage 1 without crops; the patch-kNN baseline for
 local anomalies is measured on the finished run by experiments/patch_knn.py.
 """
@@ -39,12 +39,10 @@ def get_config(arg: str | None = None):
             # validation splits existed).
             c.stage1.augment.crop_scale_min = 1.0
         c.stage1.augment.jitter_prob = 0.0
-        # eval.scorer stays chosen_method's detector + kNN + rotation; the raw-pixel kNN,
-        # the floor itself, left the default (experiments/results/fashion_mnist_validation_2026_12_05.md).
-        c.stage2.pooling = "flatten"
+        # eval.scorer stays chosen_method's detector + rotation, chosen on validation
+        # (experiments/results/fashion_mnist_memory_fit.md).
         c.stage2.batch_size = 128
         c.stage2.epochs = 3
         c.stage2.learning_rate = 1e-3
-        c.stage2.hidden = 32
         c.log_every_steps = 20
     return base.apply_overrides(c, args)

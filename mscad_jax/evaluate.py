@@ -141,7 +141,7 @@ def evaluate(config: ml_collections.ConfigDict, data: protocols.ProtocolData, mo
         if config.eval.plots:
             write_plots(os.path.join(workdir, "plots"), final, data, maps, config.eval.num_top_anomalies,
                         spec.map_weights)
-        scoring_state.save(os.path.join(workdir, "scorer"), parallel.fetch(state), spec)
+        scoring_state.save(os.path.join(workdir, "scorer"), *scoring.without_unchosen_banks(parallel.fetch(state), spec))
         files.write_scores_csv(os.path.join(workdir, "scores.csv"), final, data.test_classes, data.test_labels,
                                test_by_scorer, test, list(names), data.test_paths)
     return results

@@ -21,7 +21,7 @@ from jax.sharding import Mesh
 
 from mscad_jax import checkpoint, loop, losses, parallel
 from mscad_jax.data import anomalies, augment, input_pipeline
-from mscad_jax.models import anomem, detector
+from mscad_jax.models import anomem, detector, fitted_memory
 
 
 @flax.struct.dataclass
@@ -29,7 +29,7 @@ class Stage2State:
     step: jax.Array
     params: Any
     opt_state: Any
-    centers: Any  # {scale name: [embed_dim]}, fixed after initialisation
+    centers: Any  # {scale name: [embedding size]}, fixed after initialisation
     rng: jax.Array
 
 
@@ -60,10 +60,16 @@ def _init_params(det: detector.MultiScaleDetector, model: anomem.AnoMem, frozen:
     return det.init(rng, anomem.deviation_maps(sample, det.scale_names))
 
 
+def _init_embeddings(det, model, frozen, image_shape, params) -> dict[str, jax.Array]:
+    sample = anomem.frozen_outputs(model, frozen, jnp.zeros((1,) + tuple(image_shape), jnp.float32))
+    return det.apply(params, anomem.deviation_maps(sample, det.scale_names))
+
+
 def abstract_state(det, model, frozen, tx, image_shape, mesh) -> Stage2State:
     def init(rng):
         params = _init_params(det, model, frozen, image_shape, rng)
-        centers = {n: jnp.zeros((det.embed_dim,), jnp.float32) for n in det.scale_names}
+        centers = jax.tree.map(lambda e: jnp.zeros(e.shape[1:], jnp.float32),
+                               _init_embeddings(det, model, frozen, image_shape, params))
         return Stage2State(jnp.zeros((), jnp.int32), params, tx.init(params), centers, rng)
 
     shapes = jax.eval_shape(init, jax.random.PRNGKey(0))
@@ -83,22 +89,31 @@ def make_embed_fn(det, model, mesh: Mesh) -> Callable:
 
 def create_state(config, det, model, frozen, tx, train_images: np.ndarray, normal: np.ndarray,
                  mesh: Mesh) -> Stage2State:
-    """Initial detector params and the centres c_s = mean embedding of normal training data."""
+    """Initial detector params and the centres: c_s = the mean embedding of normal
+    training data (conv), or 0 (metric)."""
     rng = jax.random.PRNGKey(config.seed + 1)
     init_rng, step_rng = jax.random.split(rng)
     rep = parallel.replicated(mesh)
     params = jax.jit(lambda f, r: _init_params(det, model, f, train_images.shape[1:], r), out_shardings=rep)(
         frozen, init_rng)
+    if det.zero_centre:
+        shapes = jax.eval_shape(lambda p: _init_embeddings(det, model, frozen, train_images.shape[1:], p), params)
+        centers = {n: np.zeros(shapes[n].shape[1:], np.float32) for n in det.scale_names}
+    else:
+        centers = _mean_embeddings(config, det, model, frozen, params, train_images[normal], mesh)
+    state = Stage2State(jnp.zeros((), jnp.int32), params, tx.init(params), centers, step_rng)
+    return jax.device_put(state, rep)
+
+
+def _mean_embeddings(config, det, model, frozen, params, images: np.ndarray, mesh: Mesh) -> dict[str, np.ndarray]:
+    """Deep SVDD's centres: the normal images' mean embeddings, pushed away from 0."""
     embed = make_embed_fn(det, model, mesh)
-    sums = {n: np.zeros(det.embed_dim, np.float64) for n in det.scale_names}
-    images = train_images[normal]
+    sums: dict[str, Any] = {n: 0.0 for n in det.scale_names}
     for valid, batch in input_pipeline.eval_batches({"image": images}, config.eval.batch_size, mesh):
         emb = parallel.fetch(embed(frozen, params, batch["image"]))
         for n in det.scale_names:
-            sums[n] += emb[n][:valid].sum(axis=0)
-    centers = {n: push_from_zero(sums[n] / len(images), config.stage2.center_eps) for n in det.scale_names}
-    state = Stage2State(jnp.zeros((), jnp.int32), params, tx.init(params), centers, step_rng)
-    return jax.device_put(state, rep)
+            sums[n] = sums[n] + emb[n][:valid].sum(axis=0, dtype=np.float64)
+    return {n: push_from_zero(sums[n] / len(images), config.stage2.center_eps) for n in det.scale_names}
 
 
 def loss_and_metrics(params: dict, det: detector.MultiScaleDetector, deviations: dict[str, jax.Array],
@@ -167,6 +182,36 @@ def train(config: ml_collections.ConfigDict, model: anomem.AnoMem, frozen: dict,
         batch_size=config.stage2.batch_size, data_seed=config.seed + 1)
     state = loop.run_stage(stage, config, workdir, mesh, writer, restore_only=restore_only)
     return det, state
+
+
+# Normal training images the fitted memory is fitted on (a seeded subset when larger):
+# the k-means holds every image's feature map of a scale in host memory.
+MAX_MEMORY_FIT_IMAGES = 10000
+
+
+def fit_memory(config: ml_collections.ConfigDict, model: anomem.AnoMem, frozen: dict, normal_images: np.ndarray,
+               mesh: Mesh) -> dict:
+    """`frozen` with the memory `config.stage2.memory_fit` asks for fitted to the normal
+    training images' frozen features (models.fitted_memory); unchanged for 'none'."""
+    if config.stage2.memory_fit == "none":
+        return frozen
+    if len(normal_images) > MAX_MEMORY_FIT_IMAGES:
+        pick = np.random.default_rng([config.seed, 11]).choice(len(normal_images), MAX_MEMORY_FIT_IMAGES,
+                                                              replace=False)
+        normal_images = normal_images[np.sort(pick)]
+    names = anomem.scale_names(model.scales)
+    features_fn = parallel.jit_over_batch(
+        lambda f, x: {n: o["features"] for n, o in anomem.frozen_outputs(model, f, input_pipeline.to_float(x)).items()
+                      if n in names}, mesh, 1)
+    chunks: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for valid, batch in input_pipeline.eval_batches({"image": normal_images}, config.eval.batch_size, mesh):
+        out = parallel.fetch(features_fn(frozen, batch["image"]))
+        for n in names:
+            chunks[n].append(out[n][:valid])
+    slots = {n: fitted_memory.fit_slots(np.concatenate(chunks[n]), config.stage2.memory_fit_slots,
+                                        config.seed + i) for i, n in enumerate(names)}
+    fitted = {"slots": slots, "beta": np.float32(config.stage2.memory_fit_beta)}
+    return jax.device_put({**frozen, fitted_memory.KEY: fitted}, parallel.replicated(mesh))
 
 
 def make_pooled_fn(model: anomem.AnoMem, mesh: Mesh) -> Callable:

@@ -48,6 +48,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mode: st
             model, s1 = stage1.train(config, data.train_images[stage1_rows], data.train_labelled_anomaly[stage1_rows],
                                      workdir, mesh, writer, restore_only=restore_only)
             frozen = {"params": s1.params, "batch_stats": s1.batch_stats}
+            # Fitted from the finished stage 1 each time (deterministic), so resuming needs no checkpoint of it.
+            frozen = stage2.fit_memory(config, model, frozen, data.train_images[~data.train_labelled_anomaly], mesh)
             det, s2 = stage2.train(config, model, frozen, data.train_images, data.train_labelled_anomaly, workdir,
                                    mesh, writer, restore_only=restore_only)
             variables = {"frozen": frozen, "detector": s2.params, "centers": s2.centers}

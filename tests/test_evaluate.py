@@ -129,3 +129,23 @@ def test_a_scorer_the_model_lacks_is_refused(tiny_config, random_images, tmp_pat
                                   np.zeros(8, np.int64), None)
     with pytest.raises(ValueError, match="rotation"):
         evaluate.evaluate(config, data, model, None, {"frozen": frozen}, str(tmp_path), mesh)
+
+
+def test_rotation_score_matches_a_float64_reference(tiny_config, random_images):
+    """sum over r of -log p(r | the image rotated by r * 90 degrees), p the rotation head's softmax."""
+    from mscad_jax.scoring import function as scoring
+
+    config = tiny_config(**{"model.rotation_head": True, "stage1.rotations": True})
+    images = random_images(3)
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    model = anomem.AnoMem(**config.model)
+    s1 = stage1.create_state(model, stage1.make_optimizer(config, 1), 0, images.shape[1:], mesh)
+    frozen = {"params": s1.params, "batch_stats": s1.batch_stats}
+    got = jax.jit(scoring.raw_score_function(model, None, "mean"))(frozen, {}, {}, images)["rotation"]
+    want = np.zeros(3)
+    for r in range(4):
+        rotated = np.rot90(input_pipeline.to_float(images), r, axes=(1, 2))
+        logits = np.asarray(model.apply(frozen, rotated, train=False, heads=False)[anomem.ROTATION_LOGITS], np.float64)
+        for i in range(3):
+            want[i] -= logits[i, r] - np.log(np.sum(np.exp(logits[i])))
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5)

@@ -342,3 +342,30 @@ def test_score_command_marks_where_the_defect_is(job, tmp_path):
     with Image.open(row["mask"]) as mask:
         assert mask.size == (40, 40)
         np.testing.assert_array_equal(np.asarray(mask) > 0, np.repeat(np.repeat(defective, 5, 0), 5, 1))
+
+
+def test_the_default_score_keeps_no_training_images_in_the_model(tmp_path):
+    """With the chosen method's score (detector + rotation), the model holds the fitted
+    memory, not a bank of training features: its arrays have the same shapes whether the
+    job trained on 60 images or on all of them (the held-out normal scores of the threshold
+    aside), and its scores still equal the evaluation's."""
+    shapes = {}
+    for cap in (60, 0):
+        config = config_lib.chosen_method(make_tiny_config(dataset="digits", normal_class=0, max_train_examples=cap))
+        config.validation.fraction = 0.2
+        config.eval.plots = False
+        workdir = str(tmp_path / f"run{cap}")
+        train.train_and_evaluate(config, workdir)
+        state, spec = scoring_state.load(os.path.join(workdir, "scorer"))
+        assert spec.scorers == ("detector", "rotation") and "knn" not in spec.available
+        flat = scoring_state.flatten(state)
+        assert not any(k.startswith("bank") for k in flat) and any(k.startswith("frozen.fitted_memory") for k in flat)
+        shapes[cap] = {k: v.shape for k, v in flat.items() if k != "normal_scores"}
+    assert shapes[60] == shapes[0]
+    artifact = str(tmp_path / "model")
+    export.export(workdir, artifact, ["cpu"])
+    out = exported.load(artifact).score(protocols.build_protocol(config).test_images)
+    rows = _read_csv(os.path.join(workdir, "scores.csv"))
+    for column, key in (("score", "score"), ("detector", "score/detector"), ("rotation", "score/rotation")):
+        np.testing.assert_allclose(out[key], [float(r[column]) for r in rows], rtol=1e-5, atol=1e-5, err_msg=column)
+    assert not any(k.startswith("knn") for k in out)

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from mscad_jax.ops import l2_normalize
+from mscad_jax.models import fitted_memory
 from mscad_jax.models.memory import HopfieldMemory
 from mscad_jax.models.resnet import ResNet
 
@@ -108,8 +109,13 @@ def scale_names(scales: Sequence[int]) -> list[str]:
 
 def frozen_outputs(model: AnoMem, frozen: dict, images: jax.Array) -> dict[str, dict[str, jax.Array]]:
     """Stage-1 outputs in inference mode (BN running statistics), no gradient: what stage 2
-    and the scorer see of the trained encoder and memories."""
-    out = model.apply(jax.lax.stop_gradient(frozen), images, train=False, heads=False)
+    and the scorer see of the trained encoder and memories. When `frozen` holds a fitted
+    memory (`fitted_memory.KEY`), its scales retrieve from it instead."""
+    variables = {k: v for k, v in frozen.items() if k != fitted_memory.KEY}
+    out = model.apply(jax.lax.stop_gradient(variables), images, train=False, heads=False)
+    if fitted_memory.KEY in frozen:
+        out = fitted_memory.apply(out, jax.lax.stop_gradient(frozen[fitted_memory.KEY]),
+                                  lambda f, r: deviation_map(f, r, model.deviation))
     return jax.lax.stop_gradient(out)
 
 

@@ -1,7 +1,16 @@
-"""Stage-2 anomaly distance detector phi_s: a small bias-free CNN on a deviation map.
+"""Stage-2 anomaly distance detectors phi_s on a deviation map (`stage2.detector`).
 
+`conv` (DESIGN): a small bias-free CNN; its centre c_s is the normal embeddings' mean.
 No biases and no BatchNorm, as in Deep SVDD: with a bias the network could map every
 input to the centre c_s (hypersphere collapse).
+
+`metric`: phi_s(D) = W_s D at every position, W_s a bias-free 1x1 convolution
+initialised to the identity, with the centre 0 (phi_s(0) = 0: an image the memory
+reconstructs exactly). Its distance ||phi_s(D_s)||^2 is a learned quadratic form of the
+deviation map that starts as the memory's energy A0 (mean_hw ||D_s||^2); Deep SAD then
+shrinks the directions normal images deviate along and stretches those of the labelled
+(or synthetic) anomalies. It keeps every position (experiments/results/
+fashion_mnist_memory_fit.md: why it replaced the CNN in the chosen method).
 """
 
 from __future__ import annotations
@@ -12,7 +21,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 
-# How the detector turns its last feature map into one vector: `mean` is DESIGN's global
+DETECTORS = ("conv", "metric")
+# How the conv detector turns its last feature map into one vector: `mean` is DESIGN's global
 # average pooling; `flatten` keeps every position (a detector that sees where).
 POOLINGS = ("mean", "flatten")
 
@@ -32,6 +42,23 @@ class DeviationDetector(nn.Module):
         return nn.Dense(self.embed_dim, use_bias=False, name="dense")(x)
 
 
+def _identity(key, shape, dtype=jnp.float32):
+    """A 1x1 convolution kernel [1, 1, C, C] that maps every position to itself."""
+    del key
+    return jnp.eye(shape[-1], dtype=dtype).reshape(shape)
+
+
+class MetricDetector(nn.Module):
+    """W D at every position (bias-free 1x1 conv, identity at initialisation), flattened
+    and scaled by 1/sqrt(H W): the squared norm of the output is mean_hw ||W D[h, w]||^2."""
+
+    @nn.compact
+    def __call__(self, deviation: jnp.ndarray) -> jnp.ndarray:
+        channels, positions = deviation.shape[-1], deviation.shape[1] * deviation.shape[2]
+        x = nn.Conv(channels, (1, 1), use_bias=False, kernel_init=_identity, name="metric")(deviation)
+        return x.reshape(x.shape[0], -1) / jnp.sqrt(float(positions))
+
+
 class MultiScaleDetector(nn.Module):
     """One detector per scale name; maps {scale: D_s} -> {scale: embedding}."""
 
@@ -39,13 +66,21 @@ class MultiScaleDetector(nn.Module):
     hidden: int = 64
     embed_dim: int = 32
     pooling: str = "mean"
+    kind: str = "conv"
+
+    @property
+    def zero_centre(self) -> bool:
+        """Whether the centres are 0 (metric) rather than the normal embeddings' mean."""
+        return self.kind == "metric"
 
     @nn.compact
     def __call__(self, deviations: dict[str, jnp.ndarray]) -> dict[str, jnp.ndarray]:
+        if self.kind == "metric":
+            return {s: MetricDetector(name=f"detector_{s}")(deviations[s]) for s in self.scale_names}
         return {s: DeviationDetector(self.hidden, self.embed_dim, self.pooling, name=f"detector_{s}")(deviations[s])
                 for s in self.scale_names}
 
 
 def make_detector(scale_names: Sequence[str], stage2: Any) -> MultiScaleDetector:
-    """The detectors a config's `stage2` section (hidden, embed_dim, pooling) describes."""
-    return MultiScaleDetector(tuple(scale_names), stage2.hidden, stage2.embed_dim, stage2.pooling)
+    """The detectors a config's `stage2` section (detector, hidden, embed_dim, pooling) describes."""
+    return MultiScaleDetector(tuple(scale_names), stage2.hidden, stage2.embed_dim, stage2.pooling, stage2.detector)

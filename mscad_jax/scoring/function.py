@@ -102,7 +102,9 @@ def make_scorer(model: anomem.AnoMem, det: MultiScaleDetector | None,
     def score(state: ScorerState, images: jax.Array) -> dict[str, jax.Array]:
         raw = raw_fn(state["frozen"], state["detector"], state["centers"], images)
         for n in spec.names:
-            raw[f"knn/{n}"] = knn.knn_distance(raw.pop(f"feature/{n}"), state["bank"][n], spec.knn_k, spec.knn_metric)
+            features = raw.pop(f"feature/{n}")
+            if state.get("bank"):  # a state without the bank (`without_unchosen_banks`) has no knn scorer
+                raw[f"knn/{n}"] = knn.knn_distance(features, state["bank"][n], spec.knn_k, spec.knn_metric)
         if "pixel_knn" in spec.available:
             raw["pixel_knn"] = knn.knn_distance(knn.pixels(images), knn.pixels(state["pixel_bank"]), spec.knn_k,
                                                 "euclidean")
@@ -156,3 +158,16 @@ def threshold_state(normal_scores: np.ndarray, percentile: float) -> dict[str, n
     'threshold', their `percentile`-th percentile."""
     normal_scores = np.sort(np.asarray(normal_scores, np.float32))
     return {"normal_scores": normal_scores, "threshold": np.float32(np.percentile(normal_scores, percentile))}
+
+
+def without_unchosen_banks(state: ScorerState, spec: ScorerSpec) -> tuple[ScorerState, ScorerSpec]:
+    """The state and spec a model keeps (WORKDIR/scorer, the exported artifact): without
+    the k-NN bank when knn is not a chosen scorer. The bank holds a feature vector of every
+    training image, so it would make the model grow with the training set; evaluation
+    still reports the knn baseline from the full state."""
+    if "knn" in spec.scorers or "bank" not in state:
+        return state, spec
+    kept = {k: v for k, v in state.items() if k != "bank"}
+    kept["stats"] = {k: v for k, v in state["stats"].items() if not k.startswith("knn/")}
+    kept["scorer_stats"] = {k: v for k, v in state["scorer_stats"].items() if k != "knn"}
+    return kept, dataclasses.replace(spec, available=tuple(s for s in spec.available if s != "knn"))

@@ -1,0 +1,155 @@
+"""The fitted memory (stage2.memory_fit), the metric detector and the memory's maths
+against float64 NumPy references written with explicit loops."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mscad_jax import parallel, stage1, stage2
+from mscad_jax.data import input_pipeline
+from mscad_jax.models import anomem, detector, fitted_memory, memory
+from conftest import init_variables
+
+
+def _unit(v):
+    v = np.asarray(v, np.float64)
+    return v / max(np.linalg.norm(v), 1e-12)
+
+
+def ref_attention(query, slots, beta):
+    """softmax over slots of beta * cos(query, slot), one query."""
+    logits = np.array([beta * np.dot(_unit(query), _unit(m)) for m in slots])
+    e = np.exp(logits - logits.max())
+    return e / e.sum()
+
+
+def ref_deviation(f, r, kind):
+    return _unit(f) - _unit(r) if kind == "normalized" else np.asarray(f, np.float64) - np.asarray(r, np.float64)
+
+
+def test_memory_attention_matches_a_float64_reference():
+    rng = np.random.default_rng(0)
+    queries, slots = rng.normal(size=(5, 6)), rng.normal(size=(7, 6))
+    got = np.asarray(memory.cosine_attention(jnp.asarray(queries, jnp.float32), jnp.asarray(slots, jnp.float32), 10.0))
+    want = np.stack([ref_attention(q, slots, 10.0) for q in queries])
+    np.testing.assert_allclose(got, want, atol=2e-6)
+
+
+@pytest.mark.parametrize("kind", anomem.DEVIATIONS)
+def test_deviation_map_matches_a_float64_reference(kind):
+    rng = np.random.default_rng(1)
+    f, r = rng.normal(size=(2, 3, 3, 4)), rng.normal(size=(2, 3, 3, 4))
+    got = np.asarray(anomem.deviation_map(jnp.asarray(f, jnp.float32), jnp.asarray(r, jnp.float32), kind))
+    want = np.array([[[ref_deviation(f[b, h, w], r[b, h, w], kind) for w in range(3)] for h in range(3)]
+                     for b in range(2)])
+    np.testing.assert_allclose(got, want, atol=2e-6)
+
+
+def test_fitted_retrieval_attends_to_the_slots_of_its_own_position_only():
+    rng = np.random.default_rng(2)
+    features, slots = rng.normal(size=(3, 2, 2, 4)), rng.normal(size=(2, 2, 5, 4))
+    retrieved, attention = fitted_memory.retrieve(jnp.asarray(features, jnp.float32),
+                                                  jnp.asarray(slots, jnp.float32), jnp.float32(7.0))
+    for b in range(3):
+        for h in range(2):
+            for w in range(2):
+                a = ref_attention(features[b, h, w], slots[h, w], 7.0)
+                np.testing.assert_allclose(np.asarray(attention)[b, h, w], a, atol=2e-6)
+                np.testing.assert_allclose(np.asarray(retrieved)[b, h, w], a @ slots[h, w], atol=1e-5)
+
+
+def test_kmeans_recovers_the_clusters_at_every_position():
+    """Two well separated directions per position (a different pair at each position):
+    the two fitted slots are those directions."""
+    rng = np.random.default_rng(3)
+    n, h, w, c = 64, 2, 3, 6
+    centres = rng.normal(size=(h, w, 2, c))
+    pick = rng.integers(0, 2, size=(n, h, w))
+    features = np.take_along_axis(centres[None], pick[..., None, None], axis=3)[:, :, :, 0]
+    features = features + 0.01 * rng.normal(size=features.shape)
+    slots = fitted_memory.fit_slots(features.astype(np.float32), 2, seed=0)
+    assert slots.shape == (h, w, 2, c)
+    for i in range(h):
+        for j in range(w):
+            cos = np.array([[np.dot(_unit(s), _unit(t)) for t in centres[i, j]] for s in slots[i, j]])
+            assert sorted(cos.max(axis=0)) == pytest.approx([1.0, 1.0], abs=1e-3)
+
+
+def test_kmeans_refuses_fewer_images_than_slots():
+    with pytest.raises(ValueError, match="memory_fit_slots=8"):
+        fitted_memory.fit_slots(np.zeros((4, 2, 2, 3), np.float32), 8, seed=0)
+
+
+def _model_and_frozen(config, images, mesh):
+    model = anomem.AnoMem(**config.model)
+    tx = stage1.make_optimizer(config, 1)
+    state = stage1.create_state(model, tx, config.seed, images.shape[1:], mesh)
+    return model, {"params": state.params, "batch_stats": state.batch_stats}
+
+
+def test_the_fitted_memory_replaces_the_retrieval_and_the_deviation(tiny_config, random_images):
+    config = tiny_config(**{"stage2.memory_fit": "kmeans", "stage2.memory_fit_slots": 3})
+    images = random_images(12)
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    model, frozen = _model_and_frozen(config, images, mesh)
+    fitted = stage2.fit_memory(config, model, frozen, images, mesh)
+    assert set(fitted) == {"params", "batch_stats", fitted_memory.KEY}
+    outputs = jax.jit(anomem.frozen_outputs, static_argnums=0)
+    before = outputs(model, frozen, input_pipeline.to_float(images))
+    after = outputs(model, fitted, input_pipeline.to_float(images))
+    for name in anomem.scale_names(model.scales):
+        slots = np.asarray(fitted[fitted_memory.KEY]["slots"][name])
+        f = np.asarray(after[name]["features"])
+        np.testing.assert_array_equal(f, np.asarray(before[name]["features"]))
+        assert slots.shape == f.shape[1:3] + (3, f.shape[-1])
+        b, h, w = 1, 0, f.shape[2] - 1
+        a = ref_attention(f[b, h, w], slots[h, w], config.stage2.memory_fit_beta)
+        want = ref_deviation(f[b, h, w], a @ slots[h, w], config.model.deviation)
+        np.testing.assert_allclose(np.asarray(after[name]["deviation"])[b, h, w], want, atol=1e-4)
+    # A memory fitted to these very images reconstructs them better than stage 1's shared slots.
+    energy = lambda out: float(np.mean([np.mean(np.sum(np.asarray(out[n]["deviation"]) ** 2, -1))  # noqa: E731
+                                        for n in anomem.scale_names(model.scales)]))
+    assert energy(after) < energy(before)
+
+
+def test_no_memory_fit_leaves_the_frozen_variables_alone(tiny_config, random_images):
+    config = tiny_config()
+    images = random_images(4)
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    model, frozen = _model_and_frozen(config, images, mesh)
+    assert stage2.fit_memory(config, model, frozen, images, mesh) is frozen
+
+
+def test_metric_detector_starts_as_the_memory_energy():
+    """Identity at initialisation and centre 0: the distance is mean_hw ||D[h, w]||^2 (A0)."""
+    rng = np.random.default_rng(4)
+    deviations = {"scale2": jnp.asarray(rng.normal(size=(3, 4, 4, 5)), jnp.float32),
+                  "scale3": jnp.asarray(rng.normal(size=(3, 2, 2, 6)), jnp.float32)}
+    det = detector.MultiScaleDetector(("scale2", "scale3"), kind="metric")
+    assert det.zero_centre
+    params = init_variables(det, jax.random.key(0), deviations)
+    embeddings = det.apply(params, deviations)
+    for name, d in deviations.items():
+        d = np.asarray(d, np.float64)
+        want = [np.mean([[np.dot(d[b, h, w], d[b, h, w]) for w in range(d.shape[2])] for h in range(d.shape[1])])
+                for b in range(3)]
+        np.testing.assert_allclose(np.sum(np.asarray(embeddings[name], np.float64) ** 2, -1), want, rtol=1e-5)
+    # Bias-free: a deviation-free image sits on the centre 0.
+    zero = det.apply(params, {k: jnp.zeros_like(v) for k, v in deviations.items()})
+    assert all(float(jnp.max(jnp.abs(v))) == 0.0 for v in zero.values())
+
+
+def test_metric_detector_has_zero_centres_and_learns(tiny_config, random_images, tmp_path):
+    config = tiny_config(**{"stage2.detector": "metric", "stage2.synthetic_anomalies": ("cutpaste",),
+                            "stage2.epochs": 2, "stage2.learning_rate": 1e-2})
+    images = random_images(16)
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    model, frozen = _model_and_frozen(config, images, mesh)
+    from clu import metric_writers
+    det, state = stage2.train(config, model, frozen, images, np.zeros(16, bool), str(tmp_path), mesh,
+                              metric_writers.LoggingWriter())
+    for name in det.scale_names:
+        assert not np.any(np.asarray(state.centers[name]))
+        kernel = np.asarray(state.params["params"][f"detector_{name}"]["metric"]["kernel"])[0, 0]
+        assert not np.allclose(kernel, np.eye(kernel.shape[0]))  # trained away from the identity

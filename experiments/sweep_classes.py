@@ -57,6 +57,8 @@ COLUMNS = {"AUROC": "auroc", "detector": "auroc_detector", "A0": "auroc_a0", "kN
            "val AUROC": "validation.auroc", "val detector": "validation.auroc_detector",
            "val A0": "validation.auroc_a0", "val kNN": "validation.auroc_knn",
            "val rotation": "validation.auroc_rotation", "val floor": "validation.auroc_pixel_knn_floor"}
+# What the model costs, beside its quality: the saved scorer's size and the scoring speed.
+COSTS = {"model MB": "model_megabytes", "scoring img/s": "scoring_images_per_s"}
 
 
 def known_classes(normal: int, num_classes: int, per_class: int, seed: int) -> list[int]:
@@ -124,20 +126,21 @@ def main(argv):
                 source = os.path.join(_STAGE1_FROM.value, f"class{k}" if seed == 0 else f"class{k}_seed{seed}")
             results = [run(c, os.path.join(_WORKDIR.value, name), source) for name, c in runs_of_class(base, k, seed)]
             per_seed.append({col: np.mean([report.lookup(r, key) for r in results])
-                             if report.lookup(results[0], key) is not None else None for col, key in COLUMNS.items()}
+                             if report.lookup(results[0], key) is not None else None
+                             for col, key in (COLUMNS | COSTS).items()}
                             | {"minutes": np.mean([r["wall_time_s"] for r in results]) / 60})
         row = {"class": str(k)}
-        for col in list(COLUMNS) + ["minutes"]:
+        for col in list(COLUMNS) + list(COSTS) + ["minutes"]:
             values = [s[col] for s in per_seed if s[col] is not None]
-            scale = 1 if col == "minutes" else 100
+            scale = 100 if col in COLUMNS else 1
             row[col] = scale * float(np.mean(values)) if values else None
-            if len(values) > 1 and col != "minutes":
+            if len(values) > 1 and col in COLUMNS:
                 row[f"{col} std"] = scale * float(np.std(values, ddof=1))  # sample std over seeds
         row["AUROC - floor"] = row["AUROC"] - row["pixel 5-NN floor"] if row["pixel 5-NN floor"] else None
         rows.append(row)
     keys = ["class"] + [c for col in COLUMNS for c in (col, f"{col} std")
                         if any(r.get(c) is not None for r in rows)]
-    keys += ["AUROC - floor", "minutes"]
+    keys += ["AUROC - floor"] + [c for c in COSTS if any(r.get(c) is not None for r in rows)] + ["minutes"]
     dataset = base.dataset
     flag_text = " ".join(a for a in sys.argv[1:] if a.startswith("--config"))
     known = (f"; labelled anomalies from one known class, {_KNOWN_PER_CLASS.value} seeded classes per normal "

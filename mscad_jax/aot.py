@@ -65,7 +65,8 @@ def compile_steps(config, mesh, train_images: int,
     if "stage2" not in stages:
         return out
 
-    frozen = {"params": state.params, "batch_stats": state.batch_stats}
+    frozen = stage2.abstract_fitted_memory(config, model, {"params": state.params, "batch_stats": state.batch_stats},
+                                           image_shape, mesh)
     det, tx2 = stage2.make_detector(config), stage2.make_optimizer(config)
     state2 = stage2.abstract_state(det, model, frozen, tx2, image_shape, mesh)
     step2 = stage2.make_train_step(det, model, tx2, config, mesh)

@@ -41,6 +41,15 @@ def makedirs(path: str | os.PathLike[str]) -> None:
         os.makedirs(path, exist_ok=True)
 
 
+def size(path: str | os.PathLike[str]) -> int:
+    """A file's size in bytes, local or in a bucket."""
+    if is_url(path):
+        import tensorflow as tf
+
+        return int(tf.io.gfile.stat(os.fspath(path)).length)
+    return os.path.getsize(path)
+
+
 @contextlib.contextmanager
 def _write_object(path: str, mode: str) -> Iterator[IO[Any]]:
     """Buffers the body in memory and uploads it in one piece when it succeeds."""

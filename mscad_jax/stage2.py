@@ -214,6 +214,21 @@ def fit_memory(config: ml_collections.ConfigDict, model: anomem.AnoMem, frozen: 
     return jax.device_put({**frozen, fitted_memory.KEY: fitted}, parallel.replicated(mesh))
 
 
+def abstract_fitted_memory(config: ml_collections.ConfigDict, model: anomem.AnoMem, frozen: dict,
+                           image_shape: tuple[int, ...], mesh: Mesh) -> dict:
+    """`frozen` (abstract) with the abstract fitted memory `fit_memory` would add: what
+    ahead-of-time compilation of stage 2 takes for it."""
+    if config.stage2.memory_fit == "none":
+        return frozen
+    outputs = jax.eval_shape(lambda f: anomem.frozen_outputs(model, f, jnp.zeros((1,) + tuple(image_shape))), frozen)
+    rep = parallel.replicated(mesh)
+    slots = {n: jax.ShapeDtypeStruct(outputs[n]["features"].shape[1:3] + (config.stage2.memory_fit_slots,
+                                                                          outputs[n]["features"].shape[-1]),
+                                     jnp.float32, sharding=rep) for n in anomem.scale_names(model.scales)}
+    beta = jax.ShapeDtypeStruct((), jnp.float32, sharding=rep)
+    return {**frozen, fitted_memory.KEY: {"slots": slots, "beta": beta}}
+
+
 def make_pooled_fn(model: anomem.AnoMem, mesh: Mesh) -> Callable:
     """Jitted (frozen, images uint8) -> {'pooled': concat_s GAP(F_s)}, for the linear probe."""
     names = anomem.scale_names(model.scales)

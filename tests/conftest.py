@@ -27,6 +27,16 @@ def init_variables(module, key, *inputs, **kwargs):
     return jax.jit(functools.partial(module.init, **kwargs))(key, *inputs)
 
 
+def untrained_stage1(config, images, mesh):
+    """(model, frozen variables) of a stage 1 at initialisation, for `images`' shape."""
+    from mscad_jax import stage1
+    from mscad_jax.models import anomem
+
+    model = anomem.AnoMem(**config.model)
+    state = stage1.create_state(model, stage1.make_optimizer(config, 1), config.seed, images.shape[1:], mesh)
+    return model, {"params": state.params, "batch_stats": state.batch_stats}
+
+
 def jitted_apply(module, **kwargs):
     """`module.apply(variables, *inputs, **kwargs)` under jit, for the same reason."""
     return jax.jit(functools.partial(module.apply, **kwargs))

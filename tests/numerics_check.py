@@ -20,7 +20,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from mscad_jax import config as config_lib  # noqa: E402
-from mscad_jax import losses, stage2  # noqa: E402
+from mscad_jax import losses, parallel, stage2  # noqa: E402
 from mscad_jax.models import anomem  # noqa: E402
 from mscad_jax.scoring import function as scoring  # noqa: E402
 from mscad_jax.scoring import spec as scoring_spec  # noqa: E402
@@ -77,9 +77,16 @@ def main() -> None:
     images = rng.integers(0, 256, (1112, 28, 28, 1), dtype=np.uint8)
     variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, 28, 28, 1)), train=False))(jax.random.key(0))
     frozen = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+    # The config's memory fit (per-position prototypes of the 600 normal images).
+    frozen = stage2.fit_memory(config, model, frozen, images[:600], parallel.make_mesh())
     det = stage2.make_detector(config)
     det_params = jax.jit(lambda k: det.init(k, anomem.deviation_maps(
         anomem.frozen_outputs(model, frozen, jnp.zeros((1, 28, 28, 1))), names)))(jax.random.key(1))
+    # Centres of the embeddings' size: random (conv detector) or 0 (metric detector).
+    centers = jax.tree.map(lambda e: jnp.zeros(e.shape[1:]) if det.zero_centre else
+                           jnp.asarray(rng.normal(size=e.shape[1:]), jnp.float32),
+                           jax.eval_shape(lambda p: det.apply(p, anomem.deviation_maps(
+                               anomem.frozen_outputs(model, frozen, jnp.zeros((1, 28, 28, 1))), names)), det_params))
     spec = scoring_spec.from_config(config)
     raw = jax.jit(scoring.raw_score_function(model, det, spec.knn_pooling))(frozen, det_params, centers, images[:600])
     state, spec = scoring.fit({k: np.asarray(x) for k, x in raw.items() if not k.startswith("map/")},

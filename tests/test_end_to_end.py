@@ -25,6 +25,9 @@ def _check_results(workdir, expect_pixel_auroc=False):
     for key in ("auroc", "aupr", "fpr95", "auroc_a0", "auroc_detector", "auroc_knn",
                 "auroc_pixel_knn_floor"):
         assert 0.0 <= results[key] <= 1.0, (key, results[key])
+    assert results["scoring_images_per_s"] > 0
+    assert results["model_megabytes"] == pytest.approx(os.path.getsize(os.path.join(workdir, "scorer", "arrays.npz"))
+                                                       / 2**20)
     with open(os.path.join(workdir, "config.json")) as f:
         scales = {f"scale{s}" for s in json.load(f)["model"]["scales"]}
     assert set(results["auroc_detector_per_scale"]) == scales

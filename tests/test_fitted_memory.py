@@ -6,10 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mscad_jax import parallel, stage1, stage2
+from mscad_jax import parallel, stage2
 from mscad_jax.data import input_pipeline
 from mscad_jax.models import anomem, detector, fitted_memory, memory
-from conftest import init_variables
+from conftest import init_variables, untrained_stage1
 
 
 def _unit(v):
@@ -81,18 +81,11 @@ def test_kmeans_refuses_fewer_images_than_slots():
         fitted_memory.fit_slots(np.zeros((4, 2, 2, 3), np.float32), 8, seed=0)
 
 
-def _model_and_frozen(config, images, mesh):
-    model = anomem.AnoMem(**config.model)
-    tx = stage1.make_optimizer(config, 1)
-    state = stage1.create_state(model, tx, config.seed, images.shape[1:], mesh)
-    return model, {"params": state.params, "batch_stats": state.batch_stats}
-
-
 def test_the_fitted_memory_replaces_the_retrieval_and_the_deviation(tiny_config, random_images):
     config = tiny_config(**{"stage2.memory_fit": "kmeans", "stage2.memory_fit_slots": 3})
     images = random_images(12)
     mesh = parallel.make_mesh(jax.devices()[:1])
-    model, frozen = _model_and_frozen(config, images, mesh)
+    model, frozen = untrained_stage1(config, images, mesh)
     fitted = stage2.fit_memory(config, model, frozen, images, mesh)
     assert set(fitted) == {"params", "batch_stats", fitted_memory.KEY}
     outputs = jax.jit(anomem.frozen_outputs, static_argnums=0)
@@ -117,7 +110,7 @@ def test_no_memory_fit_leaves_the_frozen_variables_alone(tiny_config, random_ima
     config = tiny_config()
     images = random_images(4)
     mesh = parallel.make_mesh(jax.devices()[:1])
-    model, frozen = _model_and_frozen(config, images, mesh)
+    model, frozen = untrained_stage1(config, images, mesh)
     assert stage2.fit_memory(config, model, frozen, images, mesh) is frozen
 
 
@@ -145,7 +138,7 @@ def test_metric_detector_has_zero_centres_and_learns(tiny_config, random_images,
                             "stage2.epochs": 2, "stage2.learning_rate": 1e-2})
     images = random_images(16)
     mesh = parallel.make_mesh(jax.devices()[:1])
-    model, frozen = _model_and_frozen(config, images, mesh)
+    model, frozen = untrained_stage1(config, images, mesh)
     from clu import metric_writers
     det, state = stage2.train(config, model, frozen, images, np.zeros(16, bool), str(tmp_path), mesh,
                               metric_writers.LoggingWriter())

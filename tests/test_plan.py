@@ -27,9 +27,11 @@ def test_plan_reports_per_device_batch_flops_and_memory(tiny_config):
         assert 0.2 < b["GFLOPs per step per device"] / a["GFLOPs per step per device"] < 0.35
 
 
-def test_one_stage_is_compiled_alone(tiny_config):
-    """The step benchmarks compile only the stage they time."""
-    config = tiny_config(**{"stage1.batch_size": 16, "stage2.batch_size": 16})
+@pytest.mark.parametrize("memory_fit", ["none", "kmeans"])
+def test_one_stage_is_compiled_alone(tiny_config, memory_fit):
+    """The step benchmarks compile only the stage they time (with the fitted memory's
+    slots among stage 2's inputs when the config fits one)."""
+    config = tiny_config(**{"stage1.batch_size": 16, "stage2.batch_size": 16, "stage2.memory_fit": memory_fit})
     [(row, compiled)] = aot.compile_steps(config, parallel.make_mesh(jax.devices()[:1]), 64, stages=("stage2",))
     assert row["stage"] == "stage2" and callable(compiled)
 

@@ -6,25 +6,18 @@ import numpy as np
 import pytest
 from clu import metric_writers
 
-from mscad_jax import losses, parallel, stage1, stage2
+from mscad_jax import losses, parallel, stage2
 from mscad_jax.data import anomalies, input_pipeline
 from mscad_jax.models import anomem
 from mscad_jax.scoring import function as scoring
-from conftest import init_variables, jitted_apply
-
-
-def _frozen(config, images, mesh):
-    model = anomem.AnoMem(**config.model)
-    tx = stage1.make_optimizer(config, 1)
-    state = stage1.create_state(model, tx, config.seed, images.shape[1:], mesh)
-    return model, {"params": state.params, "batch_stats": state.batch_stats}
+from conftest import init_variables, jitted_apply, untrained_stage1
 
 
 def test_no_gradient_reaches_the_frozen_encoder_and_memories(tiny_config, random_images):
     config = tiny_config()
     images = random_images(8)
     mesh = parallel.make_mesh(jax.devices()[:1])
-    model, frozen = _frozen(config, images, mesh)
+    model, frozen = untrained_stage1(config, images, mesh)
     det = stage2.make_detector(config)
     names = det.scale_names
     params = init_variables(det, jax.random.key(0), anomem.deviation_maps(
@@ -47,7 +40,7 @@ def test_stage2_loss_matches_a_float64_reference(tiny_config, random_images):
     config = tiny_config()
     images = random_images(6)
     mesh = parallel.make_mesh(jax.devices()[:1])
-    model, frozen = _frozen(config, images, mesh)
+    model, frozen = untrained_stage1(config, images, mesh)
     det = stage2.make_detector(config)
     outputs = jax.jit(anomem.frozen_outputs, static_argnums=0)(model, frozen, input_pipeline.to_float(images))
     deviations = anomem.deviation_maps(outputs, det.scale_names)
@@ -71,7 +64,7 @@ def test_stage2_steps_make_no_implicit_transfers(tiny_config, random_images):
     config = tiny_config(**{"stage2.synthetic_anomalies": ("rotation",)})
     images = random_images(16)
     mesh = parallel.make_mesh(jax.devices()[:1])
-    model, frozen = _frozen(config, images, mesh)
+    model, frozen = untrained_stage1(config, images, mesh)
     det, tx = stage2.make_detector(config), stage2.make_optimizer(config)
     state = stage2.create_state(config, det, model, frozen, tx, images, np.ones(16, bool), mesh)
     step = stage2.make_train_step(det, model, tx, config, mesh)
@@ -90,7 +83,7 @@ def test_centers_are_pushed_away_from_zero():
 
 
 def _train_and_score(config, images, labelled, mesh, workdir):
-    model, frozen = _frozen(config, images, mesh)
+    model, frozen = untrained_stage1(config, images, mesh)
     frozen_before = parallel.fetch(frozen)
     writer = metric_writers.create_default_writer(workdir, just_logging=True)
     det, trained = stage2.train(config, model, frozen, images, labelled, workdir, mesh, writer)
@@ -144,7 +137,7 @@ def test_stage2_resumes_from_its_checkpoint_like_an_uninterrupted_run(tiny_confi
     images = random_images(16)
     labelled = np.zeros(16, bool)
     mesh = parallel.make_mesh(jax.devices()[:1])
-    model, frozen = _frozen(config, images, mesh)
+    model, frozen = untrained_stage1(config, images, mesh)
     writer = metric_writers.create_default_writer(str(tmp_path), just_logging=True)
     _, full = stage2.train(config, model, frozen, images, labelled, str(tmp_path / "a"), mesh, writer)
 
@@ -190,7 +183,7 @@ def test_synthetic_anomalies_train_the_detector_to_separate_them(tiny_config, ra
 def test_knn_vectors_are_pooled_or_flattened_feature_maps(tiny_config, random_images):
     config = tiny_config()
     images = random_images(4)
-    model, frozen = _frozen(config, images, parallel.make_mesh(jax.devices()[:1]))
+    model, frozen = untrained_stage1(config, images, parallel.make_mesh(jax.devices()[:1]))
     features = jax.jit(anomem.frozen_outputs, static_argnums=0)(model, frozen, input_pipeline.to_float(images))
     for how, expect in (("mean", lambda f: f.mean(axis=(1, 2))), ("flatten", lambda f: f.reshape(len(f), -1))):
         out = jax.jit(scoring.raw_score_function(model, None, how))(frozen, {}, {}, images)

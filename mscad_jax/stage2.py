@@ -54,22 +54,27 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
     return optax.adamw(config.stage2.learning_rate, weight_decay=config.stage2.weight_decay)
 
 
+def _sample_deviations(det, model, frozen, image_shape) -> dict[str, jax.Array]:
+    """The deviation maps of one blank image: what gives the detector its shapes."""
+    sample = anomem.frozen_outputs(model, frozen, jnp.zeros((1,) + tuple(image_shape), jnp.float32))
+    return anomem.deviation_maps(sample, det.scale_names)
+
+
 def _init_params(det: detector.MultiScaleDetector, model: anomem.AnoMem, frozen: dict,
                  image_shape: tuple[int, ...], rng: jax.Array):
-    sample = anomem.frozen_outputs(model, frozen, jnp.zeros((1,) + tuple(image_shape), jnp.float32))
-    return det.init(rng, anomem.deviation_maps(sample, det.scale_names))
+    return det.init(rng, _sample_deviations(det, model, frozen, image_shape))
 
 
-def _init_embeddings(det, model, frozen, image_shape, params) -> dict[str, jax.Array]:
-    sample = anomem.frozen_outputs(model, frozen, jnp.zeros((1,) + tuple(image_shape), jnp.float32))
-    return det.apply(params, anomem.deviation_maps(sample, det.scale_names))
+def _zero_centres(det, model, frozen, image_shape, params) -> dict[str, jax.Array]:
+    """Centres of 0 in the shapes of the detector's embeddings (the metric detector's)."""
+    shapes = jax.eval_shape(lambda p: det.apply(p, _sample_deviations(det, model, frozen, image_shape)), params)
+    return {n: jnp.zeros(shapes[n].shape[1:], jnp.float32) for n in det.scale_names}
 
 
 def abstract_state(det, model, frozen, tx, image_shape, mesh) -> Stage2State:
     def init(rng):
         params = _init_params(det, model, frozen, image_shape, rng)
-        centers = jax.tree.map(lambda e: jnp.zeros(e.shape[1:], jnp.float32),
-                               _init_embeddings(det, model, frozen, image_shape, params))
+        centers = _zero_centres(det, model, frozen, image_shape, params)
         return Stage2State(jnp.zeros((), jnp.int32), params, tx.init(params), centers, rng)
 
     shapes = jax.eval_shape(init, jax.random.PRNGKey(0))
@@ -97,8 +102,7 @@ def create_state(config, det, model, frozen, tx, train_images: np.ndarray, norma
     params = jax.jit(lambda f, r: _init_params(det, model, f, train_images.shape[1:], r), out_shardings=rep)(
         frozen, init_rng)
     if det.zero_centre:
-        shapes = jax.eval_shape(lambda p: _init_embeddings(det, model, frozen, train_images.shape[1:], p), params)
-        centers = {n: np.zeros(shapes[n].shape[1:], np.float32) for n in det.scale_names}
+        centers = _zero_centres(det, model, frozen, train_images.shape[1:], params)
     else:
         centers = _mean_embeddings(config, det, model, frozen, params, train_images[normal], mesh)
     state = Stage2State(jnp.zeros((), jnp.int32), params, tx.init(params), centers, step_rng)

@@ -87,8 +87,9 @@ def evaluate(config: ml_collections.ConfigDict, data: protocols.ProtocolData, mo
     validation = None
     if data.validation is not None:
         v = data.validation
-        validation = split_results(score(v.images), v.labels, v.classes, v.masks, names, data.class_names)
-        validation.pop("by_scorer")
+        validation_scores = score(v.images)
+        validation = split_results(validation_scores, v.labels, v.classes, v.masks, names, data.class_names)
+        validation_by_scorer = validation.pop("by_scorer")
         validation |= {"num_normal": int((v.labels == 0).sum()), "num_anomalies": int(v.labels.sum()),
                        "anomalies": v.source}
         # The threshold promises a false-positive rate on unseen normal images, so it is set
@@ -122,6 +123,10 @@ def evaluate(config: ml_collections.ConfigDict, data: protocols.ProtocolData, mo
         "num_train": int(len(data.train_images)),
         "num_train_labelled_anomalies": int(data.train_labelled_anomaly.sum()),
         "score_stats": {k: {"mean": m, "std": s} for k, (m, s) in stats.items()},
+        # Each scorer's standardisation in the final sum (fusion.final_score), kNN's too
+        # when the saved model drops its bank: with scores.csv it recomputes any scorer
+        # combination offline (experiments/score_combinations.py).
+        "scorer_stats": {k: {"mean": float(v[0]), "std": float(v[1])} for k, v in state["scorer_stats"].items()},
         "threshold": threshold,
         "threshold_percentile": spec.threshold_percentile,
         "pixel_threshold": float(state["pixel_threshold"]),
@@ -152,6 +157,10 @@ def evaluate(config: ml_collections.ConfigDict, data: protocols.ProtocolData, mo
         results["model_megabytes"] = files.size(os.path.join(workdir, "scorer", "arrays.npz")) / 2**20
         files.write_scores_csv(os.path.join(workdir, "scores.csv"), final, data.test_classes, data.test_labels,
                                test_by_scorer, test, list(names), data.test_paths)
+        if validation is not None:  # the same per image on the validation split, where choices are made
+            files.write_scores_csv(os.path.join(workdir, "validation_scores.csv"), validation_scores["score"],
+                                   data.validation.classes, data.validation.labels, validation_by_scorer,
+                                   validation_scores, list(names))
     return results
 
 

@@ -4,6 +4,8 @@ the threshold set on its held-out normals."""
 
 import json
 import os
+import pathlib
+import sys
 
 import numpy as np
 import pytest
@@ -104,6 +106,17 @@ def test_the_job_reports_validation_beside_test_and_sets_the_threshold_on_held_o
         meta = json.load(f)
     assert meta["threshold_target_fpr"] == 0.05 and "held-out normal training images" in meta["threshold_rule"]
     assert meta["threshold_test_fpr"] == results["threshold_test_fpr"]
+    # The per-image columns and scorer_stats recompute any scorer sum offline; the job's own sum gives its AUROC.
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "experiments"))
+    import score_combinations
+
+    os.rename(workdir, tmp_path / "class3")
+    runs = score_combinations.collect(str(tmp_path), [["detector", "knn"], ["knn"]])
+    assert list(runs) == [(3, 0)]
+    assert runs[(3, 0)]["test detector+knn"] == pytest.approx(results["auroc"], abs=1e-6)
+    assert runs[(3, 0)]["val detector+knn"] == pytest.approx(v["auroc"], abs=1e-6)
+    assert runs[(3, 0)]["val knn"] == pytest.approx(v["auroc_knn"], abs=1e-6)
+    assert runs[(3, 0)]["val floor"] == v["auroc_pixel_knn_floor"]
 
 
 def test_an_image_folder_with_only_normal_training_images_gets_synthesised_local_anomalies(tmp_path):

@@ -1,0 +1,119 @@
+"""Which scorers to sum, chosen on validation over seeds: every combination named in
+`--combos`, recomputed offline from the runs of a sweep (no model is re-run).
+
+  python experiments/score_combinations.py --workdir=runs/fm10 \
+      --combos=detector+rotation,detector+a0+rotation,detector --out=experiments/results/x.md
+
+Each run directory of the sweep (`class<k>` or `class<k>_seed<s>`) holds results.json
+(with `scorer_stats`, each scorer's standardisation), scores.csv and
+validation_scores.csv (one column per scorer); a combination's score is the job's own
+`fusion.final_score` over those columns, so the combination a config names gives the
+same AUROC as its job. The table shows, per combination, the ten-class mean on
+validation and on test (mean over seeds, and the sample std over seeds of that
+ten-class mean), the worst class and how many classes sit below their floor.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import sys
+
+import numpy as np
+from absl import app, flags
+
+from mscad_jax import files, metrics, report
+from mscad_jax.scoring import fusion
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A sweep_classes.py workdir.", required=True)
+_COMBOS = flags.DEFINE_list("combos", ["detector+rotation", "detector+a0+rotation", "detector", "rotation"],
+                            "Scorer sums to compare, e.g. detector+rotation.")
+_OUT = flags.DEFINE_string("out", None, "Also write the table here.")
+
+RUN_NAME = re.compile(r"^class(\d+)(?:_seed(\d+))?$")
+SPLITS = {"val": ("validation_scores.csv", "validation.auroc_pixel_knn_floor"),
+          "test": ("scores.csv", "auroc_pixel_knn_floor")}
+
+
+def read_columns(path: str) -> dict[str, np.ndarray]:
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    return {k: np.array([r[k] for r in rows], np.float64) for k in rows[0] if k != "path"}
+
+
+def combination_auroc(columns: dict[str, np.ndarray], scorer_stats: dict[str, dict[str, float]],
+                      combo: list[str]) -> float:
+    """AUROC of the job's final score had it summed the scorers in `combo`."""
+    missing = [s for s in combo if s not in columns or s not in scorer_stats]
+    if missing:
+        raise ValueError(f"scorers {missing} are not in this run's scores (it has {sorted(scorer_stats)})")
+    stats = {s: (scorer_stats[s]["mean"], scorer_stats[s]["std"]) for s in combo}
+    score = np.asarray(fusion.final_score({s: columns[s] for s in combo}, stats, combo))
+    return metrics.image_metrics(score, columns["is_anomaly"])["auroc"]
+
+
+def collect(workdir: str, combos: list[list[str]]) -> dict[tuple[int, int], dict[str, float]]:
+    """(class, seed) -> {'<split> <combo>': AUROC, '<split> floor': floor} for every finished run."""
+    out = {}
+    for name in sorted(os.listdir(workdir)):
+        match = RUN_NAME.match(name)
+        run = os.path.join(workdir, name)
+        if not match or not all(os.path.exists(os.path.join(run, f)) for f in ("results.json", SPLITS["val"][0])):
+            continue
+        with open(os.path.join(run, "results.json")) as f:
+            results = json.load(f)
+        row = {}
+        for split, (csv_name, floor_key) in SPLITS.items():
+            columns = read_columns(os.path.join(run, csv_name))
+            row[f"{split} floor"] = report.lookup(results, floor_key)
+            for combo in combos:
+                row[f"{split} {'+'.join(combo)}"] = combination_auroc(columns, results["scorer_stats"], combo)
+        out[(int(match.group(1)), int(match.group(2) or 0))] = row
+    return out
+
+
+def summary_rows(runs: dict[tuple[int, int], dict[str, float]], combos: list[list[str]]) -> list[dict]:
+    classes = sorted({k for k, _ in runs})
+    seeds = sorted({s for _, s in runs})
+    complete = [s for s in seeds if all((k, s) in runs for k in classes)]  # a mean needs every class
+    rows = []
+    for combo in map("+".join, combos):
+        row = {"score": combo}
+        for split in SPLITS:
+            class_means = {k: np.mean([runs[(k, s)][f"{split} {combo}"] for s in seeds if (k, s) in runs])
+                           for k in classes}
+            floors = {k: np.mean([runs[(k, s)][f"{split} floor"] for s in seeds if (k, s) in runs]) for k in classes}
+            per_seed = [np.mean([runs[(k, s)][f"{split} {combo}"] for k in classes]) for s in complete]
+            row[f"{split} mean"] = 100 * float(np.mean(list(class_means.values())))
+            row[f"{split} std"] = 100 * float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else None
+            worst = min(class_means, key=class_means.get)
+            row[f"{split} worst class"] = f"{worst}: {100 * class_means[worst]:.2f}"
+            row[f"{split} below floor"] = sum(class_means[k] < floors[k] for k in classes)
+        rows.append(row)
+    return rows
+
+
+def main(argv):
+    del argv
+    combos = [c.split("+") for c in _COMBOS.value]
+    runs = collect(_WORKDIR.value, combos)
+    if not runs:
+        raise SystemExit(f"no finished run with validation_scores.csv under {_WORKDIR.value}")
+    classes = sorted({k for k, _ in runs})
+    seeds = sorted({s for _, s in runs})
+    per_run = [{"class": k, "seed": s, **{c: 100 * v for c, v in row.items()}} for (k, s), row in sorted(runs.items())]
+    text = (f"# Scorer combinations on `{_WORKDIR.value}`: classes {','.join(map(str, classes))}, seeds "
+            f"{','.join(map(str, seeds))}\n\n{report.results_table(summary_rows(runs, combos), mean_row=False)}\n"
+            "Means over classes of the per-class mean over seeds; std: sample std over the seeds that finished every "
+            "class of their ten-class (or listed-class) mean; worst class and below floor on the per-class mean over "
+            "seeds.\n\n## Every run\n\n" + report.results_table(per_run, mean_row=False) + "\n")
+    if _OUT.value:
+        with files.atomic_write(_OUT.value) as f:
+            f.write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    sys.exit(app.run(main))

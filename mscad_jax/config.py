@@ -128,6 +128,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.knn_k = 5  # Neighbours of the knn scorer (distance of its feature vectors to normal training images).
     c.eval.knn_metric = "cosine"  # knn distance: cosine (L2-normalised vectors) | euclidean (raw vectors: keeps their norm).
     c.eval.knn_pooling = "mean"  # knn vectors: mean (GAP of each scale) | flatten (keeps where each feature is).
+    c.eval.map_source = "memory"  # Localisation maps: memory (||D_s||^2 per position) | detector (the metric detector's ||W_s D_s||^2 per position).
+    c.eval.detector_pooling = "mean"  # The metric detector's image score per scale: mean | max over positions of its distance.
     c.eval.pixel_threshold_percentile = 99.0  # A map pixel above this percentile of held-out normal images' map pixels is marked defective (masks and boxes of mscad_jax.score).
     c.eval.pixel_floor = True  # Also report the raw-pixel k-NN AUROC (k = scoring.spec.PIXEL_FLOOR_K) of the same split: the floor to clear.
     c.eval.linear_eval = False  # Linear probe on frozen pooled features of the full dataset.
@@ -326,7 +328,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     _check_data(config)
     _check_model(config.model, config.image_size)
     _check_stages(config)
-    scoring_spec.check_eval_section(config.eval, config.model, _fail)
+    scoring_spec.check_eval_section(config.eval, config.model, config.stage2.detector, _fail)
     if config.eval.batch_size <= 0:
         _fail("eval.batch_size", config.eval.batch_size, "must be positive")
     if num_devices is not None:

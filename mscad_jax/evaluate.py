@@ -71,7 +71,8 @@ def evaluate(config: ml_collections.ConfigDict, data: protocols.ProtocolData, mo
         pick = np.random.default_rng([config.seed, 7]).choice(len(normal_train), MAX_STATS_EXAMPLES, replace=False)
         normal_train = normal_train[np.sort(pick)]
     variables = scoring_state.with_defaults(variables)
-    raw_jit = parallel.jit_over_batch(scoring.raw_score_function(model, det, spec.knn_pooling), mesh, 3)
+    raw_jit = parallel.jit_over_batch(scoring.raw_score_function(model, det, spec.knn_pooling, spec.map_source,
+                                                                     spec.detector_pooling), mesh, 3)
     train = score_images(raw_jit, (variables["frozen"], variables["detector"], variables["centers"]), normal_train,
                          config.eval.batch_size, mesh, keep_maps=False)
     state, spec = scoring.fit(train, variables, spec, normal_images=normal_train)

@@ -143,6 +143,8 @@ INVALID = [
     ("default", "stage2.pooling", "max"),
     ("default", "eval.knn_pooling", "max"),
     ("default", "eval.knn_metric", "manhattan"),
+    ("default", "eval.map_source", "pixels"),
+    ("default", "eval.detector_pooling", "median"),
     ("default", "stage2.synthetic_anomalies", ("rotation", "blur")),
 ]
 
@@ -157,6 +159,16 @@ def test_validation_error_names_field_and_value(name, field, bad):
     message = str(e.value)
     assert f"config.{field}=" in message
     assert repr(bad) in message
+
+
+@pytest.mark.parametrize("field,value", [("eval.map_source", "detector"), ("eval.detector_pooling", "max")])
+def test_the_spatial_detector_options_need_the_metric_detector(field, value):
+    config = get_config("default")
+    set_field(config, field, value)
+    config_lib.validate(config)  # the default's metric detector has a distance per position
+    config.stage2.detector = "conv"
+    with pytest.raises(ConfigError, match=rf"config.{field}='{value}'.*needs stage2.detector=metric"):
+        config_lib.validate(config)
 
 
 @pytest.mark.parametrize("bad", [0.0, 1.5, -0.1])

@@ -38,9 +38,12 @@ def job(tmp_path_factory):
 
 def make_job(root) -> dict:
     """A finished tiny digits job (rotation head, four scorers summed, the Euclidean
-    kNN of the digits config, the detector on its own scales) and its export."""
+    kNN of the digits config, the detector on its own scales, the spatial detector's
+    max-pooled score and maps) and its export."""
     config = config_lib.chosen_method(make_tiny_config(dataset="digits", normal_class=0))
     config.eval.scorer = ("knn", "rotation", "detector", "pixel_knn")
+    config.eval.map_source = "detector"
+    config.eval.detector_pooling = "max"
     config.eval.knn_metric = "euclidean"
     config.eval.detector_weights = (0.0, 1.0, 1.0)
     config.eval.plots = False

@@ -146,3 +146,39 @@ def test_metric_detector_has_zero_centres_and_learns(tiny_config, random_images,
         assert not np.any(np.asarray(state.centers[name]))
         kernel = np.asarray(state.params["params"][f"detector_{name}"]["metric"]["kernel"])[0, 0]
         assert not np.allclose(kernel, np.eye(kernel.shape[0]))  # trained away from the identity
+
+
+def test_metric_detector_per_position_distances_match_a_float64_reference(tiny_config, random_images):
+    """With a trained-like (random) W: the per-position distance ||W D[h, w]||^2, the
+    detector score pooled by mean or max over positions, and the map of `detector`."""
+    from mscad_jax.data.input_pipeline import to_float
+    from mscad_jax.scoring import function as scoring
+
+    config = tiny_config(**{"stage2.detector": "metric"})
+    images = random_images(3)
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    model, frozen = untrained_stage1(config, images, mesh)
+    names = anomem.scale_names(model.scales)
+    deviations = anomem.deviation_maps(anomem.frozen_outputs(model, frozen, to_float(jnp.asarray(images))), names)
+    det = detector.make_detector(names, config.stage2)
+    params = init_variables(det, jax.random.key(0), deviations)
+    rng = np.random.default_rng(5)
+    params = jax.tree.map(lambda k: jnp.asarray(rng.normal(size=k.shape), jnp.float32), params)
+    centers = {n: jnp.zeros(()) for n in names}
+    out = {how: jax.jit(scoring.raw_score_function(model, det, "mean", "detector", how))(frozen, params, centers,
+                                                                                          images)
+           for how in ("mean", "max")}
+    memory_map = jax.jit(scoring.raw_score_function(model, det, "mean"))(frozen, params, centers, images)
+    for n in names:
+        d = np.asarray(deviations[n], np.float64)
+        w = np.asarray(params["params"][f"detector_{n}"]["metric"]["kernel"], np.float64)[0, 0]  # [C_in, C_out]
+        want = np.array([[[np.sum((d[b, h, x] @ w) ** 2) for x in range(d.shape[2])] for h in range(d.shape[1])]
+                         for b in range(len(images))])
+        np.testing.assert_allclose(np.asarray(detector.metric_position_distances(
+            det.apply(params, deviations)[n], d.shape)), want, rtol=1e-4)
+        np.testing.assert_allclose(out["mean"][f"detector/{n}"], want.mean(axis=(1, 2)), rtol=1e-4)
+        np.testing.assert_allclose(out["max"][f"detector/{n}"], want.max(axis=(1, 2)), rtol=1e-4)
+        np.testing.assert_allclose(out["mean"][f"map_level/{n}"], want.mean(axis=(1, 2)), rtol=1e-4)
+        # The memory's map is the deviation energy, whatever W is.
+        np.testing.assert_allclose(memory_map[f"map_level/{n}"], np.sum(d ** 2, -1).mean(axis=(1, 2)), rtol=1e-4)
+        assert out["mean"][f"map/{n}"].shape == images.shape[:3]

@@ -59,6 +59,13 @@ class MetricDetector(nn.Module):
         return x.reshape(x.shape[0], -1) / jnp.sqrt(float(positions))
 
 
+def metric_position_distances(embedding: jnp.ndarray, deviation_shape: Sequence[int]) -> jnp.ndarray:
+    """The metric detector's distance at every position, ||W D[h, w]||^2 [B, H, W], from
+    its flattened output (centre 0): their mean is its image distance ||phi(D)||^2."""
+    b, h, w, c = deviation_shape
+    return jnp.sum(embedding.reshape(b, h, w, c) ** 2, axis=-1) * (h * w)
+
+
 class MultiScaleDetector(nn.Module):
     """One detector per scale name; maps {scale: D_s} -> {scale: embedding}."""
 

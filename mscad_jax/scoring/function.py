@@ -29,7 +29,7 @@ import numpy as np
 
 from mscad_jax.data.input_pipeline import to_float
 from mscad_jax.models import anomem
-from mscad_jax.models.detector import MultiScaleDetector
+from mscad_jax.models.detector import MultiScaleDetector, metric_position_distances
 from mscad_jax.ops import l2_normalize
 from mscad_jax.scoring import fusion, knn
 from mscad_jax.scoring.spec import PER_SCALE_SCORERS, ScorerSpec
@@ -47,11 +47,15 @@ def pool(features: jax.Array, how: str) -> jax.Array:
     return features.mean(axis=(1, 2))
 
 
-def raw_score_function(model: anomem.AnoMem, det: MultiScaleDetector | None, knn_pooling: str) -> RawFunction:
+def raw_score_function(model: anomem.AnoMem, det: MultiScaleDetector | None, knn_pooling: str,
+                       map_source: str = "memory", detector_pooling: str = "mean") -> RawFunction:
     """The pure (frozen, detector params, centers, images uint8) -> per-image raw scores.
 
-    Returns {'detector/<scale>': [B] a_s = ||phi_s(D_s) - c_s||^2, 'a0/<scale>': [B]
-    mean_hw ||D_s||^2, 'map/<scale>': [B, H, W] ||D_s[h, w]||^2 upsampled to the image,
+    Returns {'detector/<scale>': [B] a_s = ||phi_s(D_s) - c_s||^2 (the metric detector's
+    per-position distances pooled by `detector_pooling`), 'a0/<scale>': [B] mean_hw
+    ||D_s||^2, 'map/<scale>': [B, H, W] the per-position map of `map_source` (memory:
+    ||D_s[h, w]||^2; detector: ||W_s D_s[h, w]||^2) upsampled to the image,
+    'map_level/<scale>': [B] that map's mean (the unit of the localisation maps),
     'feature/<scale>': the kNN vectors (`pool(F_s, knn_pooling)`)} and, when the model
     has a rotation head, 'rotation': [B] sum over the four rotations r of -log p(r | x
     rotated by r) (CSI's shifting-transformation score). With `det=None` (no stage 2
@@ -67,10 +71,17 @@ def raw_score_function(model: anomem.AnoMem, det: MultiScaleDetector | None, knn
         out = {}
         for n in names:
             energy = jnp.sum(deviations[n] ** 2, axis=-1)
-            if embeddings is not None:
+            local = energy
+            if embeddings is not None and det.zero_centre:
+                distances = metric_position_distances(embeddings[n], deviations[n].shape)
+                out[f"detector/{n}"] = distances.max(axis=(1, 2)) if detector_pooling == "max" \
+                    else distances.mean(axis=(1, 2))
+                local = distances if map_source == "detector" else energy
+            elif embeddings is not None:
                 out[f"detector/{n}"] = jnp.sum((embeddings[n] - centers[n]) ** 2, axis=-1)
             out[f"a0/{n}"] = energy.mean(axis=(1, 2))
-            out[f"map/{n}"] = jax.image.resize(energy, (x.shape[0],) + x.shape[1:3], "bilinear")
+            out[f"map/{n}"] = jax.image.resize(local, (x.shape[0],) + x.shape[1:3], "bilinear")
+            out[f"map_level/{n}"] = local.mean(axis=(1, 2))
             out[f"feature/{n}"] = pool(outputs[n]["features"], knn_pooling)
         if model.rotation_head:
             rotated = [outputs] + [anomem.frozen_outputs(model, frozen, anomem.rotate(x, r))
@@ -97,7 +108,7 @@ def fuse(raw: dict[str, Any], state: ScorerState, spec: ScorerSpec) -> dict[str,
 def make_scorer(model: anomem.AnoMem, det: MultiScaleDetector | None,
                 spec: ScorerSpec) -> Callable[[ScorerState, jax.Array], dict[str, jax.Array]]:
     """The pure scoring function `(state, images uint8 [B, H, W, C]) -> outputs`."""
-    raw_fn = raw_score_function(model, det, spec.knn_pooling)
+    raw_fn = raw_score_function(model, det, spec.knn_pooling, spec.map_source, spec.detector_pooling)
 
     def score(state: ScorerState, images: jax.Array) -> dict[str, jax.Array]:
         raw = raw_fn(state["frozen"], state["detector"], state["centers"], images)

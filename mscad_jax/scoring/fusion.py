@@ -108,6 +108,8 @@ def heatmap_range(weights: Sequence[float]) -> tuple[float, float]:
 
 def localisation_maps(scores: Mapping[str, Any], stats: Mapping[str, Stat], names: Sequence[str],
                       weights: Sequence[float]) -> jax.Array:
-    """sum_s w_s ||D_s[h, w]||^2 / mu(A0_s): each scale's map in units of its mean on
-    normal data, so a normal pixel sits near sum(weights) in every run."""
-    return sum(w * scores[f"map/{n}"] / jnp.maximum(stats[f"a0/{n}"][0], SIGMA_FLOOR) for n, w in zip(names, weights))
+    """sum_s w_s map_s[h, w] / mu(map_level_s): each scale's map (function.raw_score_function)
+    in units of its mean on normal data, so a normal pixel sits near sum(weights) in every
+    run. Models saved before map_level existed had the memory's map, whose mean is A0."""
+    level = lambda n: stats[f"map_level/{n}"] if f"map_level/{n}" in stats else stats[f"a0/{n}"]  # noqa: E731
+    return sum(w * scores[f"map/{n}"] / jnp.maximum(level(n)[0], SIGMA_FLOOR) for n, w in zip(names, weights))

@@ -19,6 +19,12 @@ IMAGE_SCORERS = ("rotation", "pixel_knn")
 SCORERS = PER_SCALE_SCORERS + IMAGE_SCORERS
 KNN_METRICS = ("cosine", "euclidean")
 KNN_POOLINGS = ("mean", "flatten")
+# What the localisation map shows per position: the memory's deviation energy ||D_s||^2,
+# or the metric detector's learned distance ||W_s D_s||^2 (what stage 2 learned).
+MAP_SOURCES = ("memory", "detector")
+# How the metric detector's per-position distances become its per-scale image score:
+# their mean (the distance stage 2 trains) or their maximum (a defect in one place).
+DETECTOR_POOLINGS = ("mean", "max")
 # The threshold is this percentile of the final scores of normal training images.
 THRESHOLD_PERCENTILE = 95.0
 # The raw-pixel k-NN floor printed beside every result uses this many neighbours.
@@ -41,6 +47,8 @@ class ScorerSpec:
     detector_weights: tuple[float, ...] = ()  # w_s of the detector and the maps; () = weights
     knn_pooling: str = "mean"  # the knn vectors: mean (GAP) | flatten
     pixel_threshold_percentile: float = 99.0  # of normal images' map pixels: the defect-mask threshold
+    map_source: str = "memory"  # MAP_SOURCES
+    detector_pooling: str = "mean"  # DETECTOR_POOLINGS
 
     @property
     def map_weights(self) -> tuple[float, ...]:
@@ -75,12 +83,13 @@ def from_config(config) -> ScorerSpec:
                       knn_k=int(config.eval.knn_k), knn_metric=config.eval.knn_metric,
                       detector_weights=tuple(float(w) for w in config.eval.detector_weights),
                       knn_pooling=config.eval.knn_pooling,
-                      pixel_threshold_percentile=float(config.eval.pixel_threshold_percentile))
+                      pixel_threshold_percentile=float(config.eval.pixel_threshold_percentile),
+                      map_source=config.eval.map_source, detector_pooling=config.eval.detector_pooling)
 
 
-def check_eval_section(ev, model, fail) -> None:
-    """The `eval` section's scoring fields against the registries above; `fail(field,
-    value, allowed)` raises the config error."""
+def check_eval_section(ev, model, detector: str, fail) -> None:
+    """The `eval` section's scoring fields against the registries above (`detector`:
+    stage2.detector); `fail(field, value, allowed)` raises the config error."""
     scorers = scorer_names(ev.scorer)
     if not scorers or len(set(scorers)) != len(scorers) or not set(scorers) <= set(SCORERS):
         fail("eval.scorer", scorers, f"distinct names from {', '.join(SCORERS)}, joined with '+'")
@@ -92,6 +101,11 @@ def check_eval_section(ev, model, fail) -> None:
         fail("eval.knn_metric", ev.knn_metric, f"allowed: {', '.join(KNN_METRICS)}")
     if not 0.0 < ev.pixel_threshold_percentile < 100.0:
         fail("eval.pixel_threshold_percentile", ev.pixel_threshold_percentile, "a percentile in (0, 100)")
+    for field, allowed in (("map_source", MAP_SOURCES), ("detector_pooling", DETECTOR_POOLINGS)):
+        if ev[field] not in allowed:
+            fail(f"eval.{field}", ev[field], f"allowed: {', '.join(allowed)}")
+        if ev[field] != allowed[0] and detector != "metric":
+            fail(f"eval.{field}", ev[field], "needs stage2.detector=metric (the detector with a distance per position)")
     if ev.knn_k < 1:
         fail("eval.knn_k", ev.knn_k, "must be a positive integer")
     count = len(tuple(model.scales))

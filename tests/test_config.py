@@ -44,7 +44,7 @@ def test_there_are_config_files():
     assert {"default", "fashion_mnist", "cifar10", "cifar100"} <= names
 
 
-@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", [p for p in CONFIG_FILES if p.stem != "folder"], ids=lambda p: p.stem)
 @pytest.mark.parametrize("arg", [None, "normal_class=3,protocol=unbalanced"])
 def test_config_files_validate(path, arg):
     config = get_config(path.stem, arg)
@@ -54,6 +54,14 @@ def test_config_files_validate(path, arg):
     if arg:
         assert config.normal_class == 3
         assert config.protocol == "unbalanced"
+
+
+def test_the_folder_preset_needs_its_folder(tmp_path):
+    with pytest.raises(ConfigError, match="image_folder_dir"):
+        config_lib.validate(get_config("folder"))
+    config = get_config("folder", f"image_folder_dir={tmp_path}")
+    config_lib.validate(config, num_devices=4)
+    assert config.normal_class_name == "good" and config.anomaly_type == "object"  # the folder's own defects
 
 
 def test_base_config_validates():

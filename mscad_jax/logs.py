@@ -83,6 +83,12 @@ class LogFile:
                 os.remove(self.local)
 
 
+def console(text: str, stream: TextIO | None = None) -> None:
+    """One line for the person at the terminal (and, as INFO, for the log file)."""
+    logging.info("%s", text)
+    print(text, file=stream or sys.stderr, flush=True)
+
+
 def _duration(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     hours, rest = divmod(seconds, 3600)

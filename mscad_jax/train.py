@@ -34,8 +34,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mode: st
     # then the one-class stage 1 of the same normal class, seed and config).
     stage1_rows = np.ones(len(data.train_images), bool) if config.stage1.labelled_anomalies \
         else ~data.train_labelled_anomaly
-    input_pipeline.steps_per_epoch(int(stage1_rows.sum()), config.stage1.batch_size)
-    input_pipeline.steps_per_epoch(len(data.train_images), config.stage2.batch_size)
+    stage1_steps = config.stage1.epochs * input_pipeline.steps_per_epoch(int(stage1_rows.sum()),
+                                                                         config.stage1.batch_size)
+    stage2_steps = config.stage2.epochs * input_pipeline.steps_per_epoch(len(data.train_images),
+                                                                         config.stage2.batch_size)
+    if jax.process_index() == 0 and mode == "train":  # the job's size before the first progress line (and ETA)
+        validation = 0 if data.validation is None else len(data.validation.images)
+        logs.console(f"job: {len(data.train_images)} training images; stage 1 {stage1_steps} steps, stage 2 "
+                     f"{stage2_steps} steps, then scoring {len(data.test_labels)} test and {validation} "
+                     "validation images (finished steps are skipped on resume)")
 
     # Only now, with the config and data known to work, does anything go to the workdir.
     files.makedirs(workdir)

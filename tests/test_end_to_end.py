@@ -50,10 +50,15 @@ def _check_results(workdir, expect_pixel_auroc=False):
     return results
 
 
-def test_one_class_job_then_evaluate_mode(tiny_config, tmp_path):
+def test_one_class_job_then_evaluate_mode(tiny_config, tmp_path, capsys):
     config = tiny_config(dataset="digits", normal_class=1)
     workdir = str(tmp_path / "run")
     results = train.train_and_evaluate(config, workdir)
+    # The job's size is on the console before the first progress line: 127 normal
+    # training images, 15 steps of 8 in each stage's single epoch.
+    err = capsys.readouterr().err
+    assert err.index("job: 127 training images; stage 1 15 steps, stage 2 15 steps, then scoring 540 test") \
+        < err.index("stage1 ")
     saved = _check_results(workdir)
     assert saved["num_test"] == 540 and saved["num_anomalies"] == 540 - 55
     assert saved["normal_class"] == 1 and saved["dataset"] == "digits"

@@ -31,6 +31,8 @@ RETIRED_FIELDS = (
     "eval.patch_knn_neighbours", "eval.patch_knn_radius", "eval.patch_knn_distance",
     "eval.patch_knn_ridge_penalty", "eval.patch_knn_window", "eval.patch_knn_neighbours_on",
     "eval.patch_knn_weights", "eval.patch_knn_pixels", "eval.patch_knn_pixels_window",
+    # Issue 27: neighbour slots measured no gain (experiments/results/fashion_mnist_local_levers.md, table B).
+    "stage2.memory_fit_radius",
 )
 
 
@@ -113,7 +115,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.stage2.memory_fit = "none"  # none (stage 1's memory) | kmeans (per-position slots fitted to normal features after stage 1; models.fitted_memory).
     c.stage2.memory_fit_slots = 16  # kmeans: prototypes per position of each scale's map.
     c.stage2.memory_fit_beta = 50.0  # kmeans: inverse temperature of the fitted memory's retrieval.
-    c.stage2.memory_fit_radius = 0  # kmeans: a position also retrieves from the slots of positions this many steps away (shift tolerance; (2r+1)^2 x the slots).
     c.stage2.eta = 1.0  # Deep SAD weight of labelled anomalies.
     c.stage2.center_eps = 0.1  # Centre coordinates are pushed away from 0 by at least this.
     c.stage2.augment = augment_section(  # Stage 2's own input augmentation; these defaults change nothing.
@@ -437,7 +438,7 @@ def _check_stages(config: ml_collections.ConfigDict) -> None:
         if not _get(config, field) > 0:
             _fail(field, _get(config, field), "must be positive")
     non_negative = ("stage1.warmup_epochs", "stage1.memory_weight", "stage1.instance_weight",
-                    "stage2.memory_fit_radius", "stage1.variance_weight", "stage1.reconstruction_weight", "stage1.repulsion_weight",
+                    "stage1.variance_weight", "stage1.reconstruction_weight", "stage1.repulsion_weight",
                     "stage1.rotation_weight", "stage2.eta")
     for field in non_negative:
         if not _get(config, field) >= 0:

@@ -212,9 +212,8 @@ def fit_memory(config: ml_collections.ConfigDict, model: anomem.AnoMem, frozen: 
         out = parallel.fetch(features_fn(frozen, batch["image"]))
         for n in names:
             chunks[n].append(out[n][:valid])
-    slots = {n: fitted_memory.with_neighbours(fitted_memory.fit_slots(
-        np.concatenate(chunks[n]), config.stage2.memory_fit_slots, config.seed + i), config.stage2.memory_fit_radius)
-        for i, n in enumerate(names)}
+    slots = {n: fitted_memory.fit_slots(np.concatenate(chunks[n]), config.stage2.memory_fit_slots,
+                                        config.seed + i) for i, n in enumerate(names)}
     fitted = {"slots": slots, "beta": np.float32(config.stage2.memory_fit_beta)}
     return jax.device_put({**frozen, fitted_memory.KEY: fitted}, parallel.replicated(mesh))
 
@@ -227,8 +226,7 @@ def abstract_fitted_memory(config: ml_collections.ConfigDict, model: anomem.AnoM
         return frozen
     outputs = jax.eval_shape(lambda f: anomem.frozen_outputs(model, f, jnp.zeros((1,) + tuple(image_shape))), frozen)
     rep = parallel.replicated(mesh)
-    per_position = config.stage2.memory_fit_slots * (2 * config.stage2.memory_fit_radius + 1) ** 2
-    slots = {n: jax.ShapeDtypeStruct(outputs[n]["features"].shape[1:3] + (per_position,
+    slots = {n: jax.ShapeDtypeStruct(outputs[n]["features"].shape[1:3] + (config.stage2.memory_fit_slots,
                                                                           outputs[n]["features"].shape[-1]),
                                      jnp.float32, sharding=rep) for n in anomem.scale_names(model.scales)}
     beta = jax.ShapeDtypeStruct((), jnp.float32, sharding=rep)

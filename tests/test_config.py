@@ -382,11 +382,16 @@ def test_config_json_rebuilds_the_config(name):
         config_lib.from_json({"model": {"widht": 4}})
 
 
-def test_fashion_mnist_cpu_local_preset_changes_stage1_crops_only():
+def test_fashion_mnist_cpu_local_preset_changes_crops_and_the_score_only():
+    """Stage 1 without crops; the detector alone, max-pooled, on 256 slots per position."""
     one_class = get_config("fashion_mnist", "cpu=True")
     local = get_config("fashion_mnist", "cpu=True,anomaly_type=local,local_kind=scar")
     assert one_class.stage1.augment.crop_scale_min == 0.8 and local.stage1.augment.crop_scale_min == 1.0
+    assert local.eval.scorer == ("detector",) and local.eval.detector_pooling == "max"
+    assert local.stage2.memory_fit_slots == 256
     local.stage1.augment.crop_scale_min = 0.8
+    local.eval.scorer, local.eval.detector_pooling = one_class.eval.scorer, one_class.eval.detector_pooling
+    local.stage2.memory_fit_slots = one_class.stage2.memory_fit_slots
     local.anomaly_type, local.local_kind = one_class.anomaly_type, one_class.local_kind
     assert local.to_json_best_effort() == one_class.to_json_best_effort()
     config_lib.validate(local)

@@ -184,34 +184,13 @@ def test_metric_detector_per_position_distances_match_a_float64_reference(tiny_c
         assert out["mean"][f"map/{n}"].shape == images.shape[:3]
 
 
-def test_neighbour_slots_hold_every_position_within_the_radius():
-    rng = np.random.default_rng(6)
-    slots = rng.normal(size=(4, 5, 2, 3))
-    assert fitted_memory.with_neighbours(slots, 0) is slots
-    out = fitted_memory.with_neighbours(slots, 1)
-    assert out.shape == (4, 5, 9 * 2, 3)
-    for h in range(4):
-        for w in range(5):
-            want = [slots[min(max(h + dy, 0), 3), min(max(w + dx, 0), 4)] for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
-            np.testing.assert_array_equal(out[h, w], np.concatenate(want))
-    # A feature that sits one position away from its prototype is retrieved exactly with
-    # the neighbours, and not without them.
-    features = np.zeros((1, 4, 5, 3), np.float32)
-    features[0, 2, 2] = slots[2, 3, 0]
-    for radius, exact in ((1, True), (0, False)):
-        retrieved, _ = fitted_memory.retrieve(jnp.asarray(features), jnp.asarray(
-            fitted_memory.with_neighbours(slots, radius), jnp.float32), 1e4)
-        assert np.allclose(retrieved[0, 2, 2], slots[2, 3, 0], atol=1e-4) == exact
-
-
 def test_the_abstract_fitted_memory_has_the_fitted_shapes(tiny_config, random_images):
-    """What ahead-of-time compilation plans for is what fitting builds, neighbours included."""
-    config = tiny_config(**{"stage2.memory_fit": "kmeans", "stage2.memory_fit_slots": 2,
-                            "stage2.memory_fit_radius": 1})
+    """What ahead-of-time compilation plans for is what fitting builds."""
+    config = tiny_config(**{"stage2.memory_fit": "kmeans", "stage2.memory_fit_slots": 2})
     images = random_images(4)
     mesh = parallel.make_mesh(jax.devices()[:1])
     model, frozen = untrained_stage1(config, images, mesh)
     fitted = stage2.fit_memory(config, model, frozen, images, mesh)[fitted_memory.KEY]
     abstract = stage2.abstract_fitted_memory(config, model, frozen, images.shape[1:], mesh)[fitted_memory.KEY]
     for name, slots in fitted["slots"].items():
-        assert slots.shape == abstract["slots"][name].shape and slots.shape[2] == 2 * 9
+        assert slots.shape == abstract["slots"][name].shape and slots.shape[2] == 2

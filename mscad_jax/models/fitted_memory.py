@@ -65,19 +65,6 @@ def fit_slots(features: np.ndarray, num_slots: int, seed: int) -> np.ndarray:
     return np.asarray(jnp.stack(rows))
 
 
-def with_neighbours(slots: np.ndarray, radius: int) -> np.ndarray:
-    """[H, W, K, C] -> [H, W, (2 radius + 1)^2 K, C]: each position also holds the slots of
-    the positions within `radius` (the border's own slots stand in beyond the map), so a
-    feature shifted by a few positions still finds its prototypes. Built once at fit time:
-    retrieval stays one attention over a position's slots."""
-    if radius == 0:
-        return slots
-    h, w = slots.shape[:2]
-    padded = np.pad(slots, ((radius, radius), (radius, radius), (0, 0), (0, 0)), mode="edge")
-    shifted = [padded[dy:dy + h, dx:dx + w] for dy in range(2 * radius + 1) for dx in range(2 * radius + 1)]
-    return np.concatenate(shifted, axis=2)
-
-
 def retrieve(features: jax.Array, slots: jax.Array, beta: jax.Array) -> tuple[jax.Array, jax.Array]:
     """features [B, H, W, C], slots [H, W, K, C] -> (retrieved [B, H, W, C], attention
     [B, H, W, K]): each position attends to its own slots only."""

@@ -31,6 +31,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "A sweep_classes.py workdir.", r
 _COMBOS = flags.DEFINE_list("combos", ["detector+rotation", "detector+a0+rotation", "detector", "rotation"],
                             "Scorer sums to compare, e.g. detector+rotation.")
 _OUT = flags.DEFINE_string("out", None, "Also write the table here.")
+_CLASSES = flags.DEFINE_list("classes", None, "Only these classes (default: every finished run's).")
 
 RUN_NAME = re.compile(r"^class(\d+)(?:_seed(\d+))?$")
 SPLITS = {"val": ("validation_scores.csv", "validation.auroc_pixel_knn_floor"),
@@ -99,6 +100,8 @@ def main(argv):
     del argv
     combos = [c.split("+") for c in _COMBOS.value]
     runs = collect(_WORKDIR.value, combos)
+    if _CLASSES.value:
+        runs = {key: row for key, row in runs.items() if str(key[0]) in _CLASSES.value}
     if not runs:
         raise SystemExit(f"no finished run with validation_scores.csv under {_WORKDIR.value}")
     classes = sorted({k for k, _ in runs})

@@ -43,7 +43,7 @@ def get_config(arg: str | None = None):
             # distance (validation: experiments/results/fashion_mnist_local_levers.md, table A).
             c.eval.scorer = ("detector",)
             c.eval.detector_pooling = "max"
-            # More prototypes per position help local anomalies (table B there): 12.7 MB.
+            # More prototypes per position help local anomalies (table B there; the size is in table C).
             c.stage2.memory_fit_slots = 256
         c.stage1.augment.jitter_prob = 0.0
         # Otherwise eval.scorer stays chosen_method's detector + rotation, chosen on

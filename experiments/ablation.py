@@ -24,21 +24,70 @@ import sweep_classes  # the same flags and the same resumable run
 from mscad_jax import config as config_lib
 from mscad_jax import cli, files, logs, report
 
-# Variant name -> config overrides relative to the chosen config.
+
+def paper_form_overrides() -> dict:
+    """base_config's value of every field chosen_method sets: the paper's form as DESIGN
+    specifies it (no rotations, no instance or reconstruction term, stage 1's memory,
+    the conv detector without negatives, detector score), derived so that it follows
+    chosen_method whenever a lever is added to it."""
+    paper = flatten(config_lib.base_config())
+    chosen = flatten(config_lib.chosen_method(config_lib.base_config()))
+    return {k: paper[k] for k in chosen if chosen[k] != paper[k]}
+
+
+def flatten(config, prefix: str = "") -> dict:
+    """{'section.field': value} of a ConfigDict."""
+    out = {}
+    for key, value in config.items():
+        if hasattr(value, "items"):
+            out |= flatten(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+# Variant name -> config overrides relative to the chosen config. Without the rotation
+# head, the chosen score's rotation term is gone: those variants score with the detector.
 VARIANTS: dict[str, dict] = {
     "chosen": {},
+    "paper_form": paper_form_overrides(),
+    # The CSI-like parts, each removed alone.
+    "no_rotations": {"stage1.rotations": False, "model.rotation_head": False, "eval.scorer": ("detector",)},
+    "no_rotation_head": {"model.rotation_head": False, "eval.scorer": ("detector",)},
+    "no_instance": {"stage1.instance_weight": 0.0},
+    "no_reconstruction": {"stage1.reconstruction_weight": 0.0},
+    # The memory.
     "no_memory": {"stage1.memory_weight": 0.0, "stage1.reconstruction_weight": 0.0, "stage1.variance_weight": 0.0},
+    "fit_slots_64": {"stage2.memory_fit_slots": 64},
     "one_scale": {"model.scales": (4,)},
     "no_variance": {"stage1.variance_weight": 0.0},
     "beta_2": {"model.beta": 2.0},
     "beta_30": {"model.beta": 30.0},
     "deviation_difference": {"model.deviation": "difference"},
-    "no_rotations": {"stage1.rotations": False, "model.rotation_head": False, "eval.scorer": ("knn",)},
-    "paper_form": {"stage1.instance_weight": 0.0, "stage1.reconstruction_weight": 0.0, "stage1.rotations": False,
-                   "model.rotation_head": False, "stage2.synthetic_anomalies": (), "stage2.pooling": "mean",
-                   "eval.scorer": ("detector",)},
 }
+# (column, results.json key): the configured score and each scorer alone, on both splits.
+COLUMNS = (("AUROC", "auroc"), ("detector", "auroc_detector"), ("A0", "auroc_a0"), ("rotation", "auroc_rotation"))
+SPLITS = (("val", "validation."), ("test", ""))
 _VARIANTS = flags.DEFINE_list("variants", list(VARIANTS), f"Variants to run, from: {', '.join(VARIANTS)}.")
+
+
+def variant_row(name: str, overrides: dict, runs: dict, classes: list[int], seeds: list[int]) -> dict:
+    """One table row: per-class test AUROC, then every column's listed-class mean on
+    validation and test (mean over seeds) and the std over seeds of the AUROC's mean."""
+    def class_mean(k, key):
+        values = [report.lookup(runs[(k, s)], key) for s in seeds]
+        return None if None in values else 100 * float(np.mean(values))
+
+    row = {"variant": name, "changes": ", ".join(f"{k}={v}" for k, v in overrides.items()) or "-"}
+    row |= {f"class {k}": class_mean(k, "auroc") for k in classes}
+    for split, prefix in SPLITS:
+        for column, key in COLUMNS:
+            per_class = [class_mean(k, prefix + key) for k in classes]
+            row[f"{split} {column}"] = None if None in per_class else float(np.mean(per_class))
+            if column == "AUROC":
+                per_seed = [np.mean([report.lookup(runs[(k, s)], prefix + key) for k in classes]) for s in seeds]
+                row[f"{split} std"] = 100 * float(np.std(per_seed, ddof=1)) if len(seeds) > 1 else None
+    return row
 
 
 def main(argv):
@@ -50,32 +99,21 @@ def main(argv):
     rows = []
     for name in _VARIANTS.value:
         overrides = VARIANTS[name]
-        aurocs, by_scorer = [], {"detector": [], "A0": [], "kNN": [], "rotation": []}
+        runs = {}  # (class, seed) -> results
         for k in classes:
-            per_seed = []
             for seed in seeds:
                 config = config_lib.apply_overrides(base.copy_and_resolve_references(),
                                                     {**overrides, "normal_class": k, "seed": seed})
                 sub = f"class{k}" if seed == 0 else f"class{k}_seed{seed}"
-                per_seed.append(sweep_classes.run(config, os.path.join(sweep_classes._WORKDIR.value, name, sub)))
-            aurocs.append(100 * np.mean([r["auroc"] for r in per_seed]))
-            for col, key in (("detector", "auroc_detector"), ("A0", "auroc_a0"), ("kNN", "auroc_knn"),
-                             ("rotation", "auroc_rotation")):
-                values = [r[key] for r in per_seed if r.get(key) is not None]
-                by_scorer[col].append(100 * np.mean(values) if values else None)
-        row = {"variant": name, "changes": ", ".join(f"{k}={v}" for k, v in overrides.items()) or "-"}
-        row |= {f"class {k}": a for k, a in zip(classes, aurocs)}
-        row["mean AUROC"] = float(np.mean(aurocs))
-        for col, values in by_scorer.items():
-            present = [v for v in values if v is not None]
-            row[f"mean {col}"] = float(np.mean(present)) if present else None
-        rows.append(row)
+                runs[(k, seed)] = sweep_classes.run(config, os.path.join(sweep_classes._WORKDIR.value, name, sub))
+        rows.append(variant_row(name, overrides, runs, classes, seeds))
     flag_text = " ".join(a for a in sys.argv[1:] if a.startswith("--config"))
     text = (f"# Ablation, `{flag_text}`, seeds {','.join(map(str, seeds))}\n\n"
             f"{report.results_table(rows, mean_row=False)}\n"
-            "AUROC per class is the configured scorer; the 'mean <scorer>' columns are each scorer alone "
-            "(detector: stage-2 distances; A0: training-free deviation energy; kNN: cosine kNN on the vectors "
-            "eval.knn_pooling names; rotation: the rotation head).\n")
+            "Per class: the configured score on test, mean over seeds. 'val'/'test' <column>: the ten-class "
+            "(listed-class) mean of the configured score (AUROC) and of each scorer alone (detector: stage-2 "
+            "distances; A0: training-free deviation energy; rotation: the rotation head), mean over seeds; "
+            "'std': the sample std over seeds of the listed-class mean (one seed: -).\n")
     for path in filter(None, (os.path.join(sweep_classes._WORKDIR.value, "ablation.md"), sweep_classes._OUT.value)):
         with files.atomic_write(path) as f:
             f.write(text)

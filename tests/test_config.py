@@ -397,6 +397,18 @@ def test_fashion_mnist_cpu_local_preset_changes_crops_and_the_score_only():
     config_lib.validate(local)
 
 
+def test_fashion_mnist_cpu_unbalanced_preset_changes_the_labels_use_only():
+    one_class = get_config("fashion_mnist", "cpu=True,anomaly_ratio=0.05")
+    unbalanced = get_config("fashion_mnist", "cpu=True,protocol=unbalanced,anomaly_ratio=0.05")
+    assert one_class.stage2.synthetic_anomalies == ("rotation",) and unbalanced.stage2.synthetic_anomalies == ()
+    assert not unbalanced.stage1.labelled_anomalies and unbalanced.stage2.epochs > one_class.stage2.epochs
+    for field in ("stage1.labelled_anomalies", "stage2.synthetic_anomalies", "stage2.epochs", "protocol"):
+        section, name = field.split(".") if "." in field else (None, field)
+        source = one_class[section] if section else one_class
+        (unbalanced[section] if section else unbalanced)[name] = source[name]
+    assert unbalanced.to_json_best_effort() == one_class.to_json_best_effort()
+
+
 def test_an_old_config_json_with_retired_fields_loads_with_one_warning_line(capsys):
     """A workdir written before fields were retired still evaluates and exports."""
     import json

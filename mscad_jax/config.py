@@ -33,6 +33,9 @@ RETIRED_FIELDS = (
     "eval.patch_knn_weights", "eval.patch_knn_pixels", "eval.patch_knn_pixels_window",
     # Issue 27: neighbour slots measured no gain (experiments/results/fashion_mnist_local_levers.md, table B).
     "stage2.memory_fit_radius",
+    # Issue 26: a weight for the given labels beside rotated copies measured no gain
+    # (experiments/results/fashion_mnist_unbalanced_levers.md).
+    "stage2.labelled_weight",
 )
 
 

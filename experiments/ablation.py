@@ -6,10 +6,10 @@
 
 Takes the flags of sweep_classes.py (`--config`, `--classes`, `--seeds`, `--workdir`,
 `--out`) plus `--variants`. Every (variant, class) is a full job in
-WORKDIR/<variant>/class<k>, resumable. The scorer comparison (detector vs a0 vs knn vs
-rotation) needs no extra runs: every results.json reports all of them. The `chosen`
-variant is the one-class sweep itself: link WORKDIR/chosen to that sweep's directory to
-reuse its runs.
+WORKDIR/<variant>/class<k> (seed s > 0: class<k>_seed<s>), resumable. The scorer
+comparison (detector vs A0 vs rotation) needs no extra runs: every results.json reports
+all of them, on validation and test. The `chosen` variant is the one-class sweep itself:
+link WORKDIR/chosen to that sweep's directory to reuse its runs.
 """
 
 from __future__ import annotations

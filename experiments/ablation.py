@@ -21,53 +21,11 @@ import numpy as np
 from absl import app, flags
 
 import sweep_classes  # the same flags and the same resumable run
+from ablation_variants import COLUMNS, SPLITS, VARIANTS
 from mscad_jax import config as config_lib
 from mscad_jax import cli, files, logs, report
 
 
-def paper_form_overrides() -> dict:
-    """base_config's value of every field chosen_method sets: the paper's form as DESIGN
-    specifies it (no rotations, no instance or reconstruction term, stage 1's memory,
-    the conv detector without negatives, detector score), derived so that it follows
-    chosen_method whenever a lever is added to it."""
-    paper = flatten(config_lib.base_config())
-    chosen = flatten(config_lib.chosen_method(config_lib.base_config()))
-    return {k: paper[k] for k in chosen if chosen[k] != paper[k]}
-
-
-def flatten(config, prefix: str = "") -> dict:
-    """{'section.field': value} of a ConfigDict."""
-    out = {}
-    for key, value in config.items():
-        if hasattr(value, "items"):
-            out |= flatten(value, f"{prefix}{key}.")
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-# Variant name -> config overrides relative to the chosen config. Without the rotation
-# head, the chosen score's rotation term is gone: those variants score with the detector.
-VARIANTS: dict[str, dict] = {
-    "chosen": {},
-    "paper_form": paper_form_overrides(),
-    # The CSI-like parts, each removed alone.
-    "no_rotations": {"stage1.rotations": False, "model.rotation_head": False, "eval.scorer": ("detector",)},
-    "no_rotation_head": {"model.rotation_head": False, "eval.scorer": ("detector",)},
-    "no_instance": {"stage1.instance_weight": 0.0},
-    "no_reconstruction": {"stage1.reconstruction_weight": 0.0},
-    # The memory.
-    "no_memory": {"stage1.memory_weight": 0.0, "stage1.reconstruction_weight": 0.0, "stage1.variance_weight": 0.0},
-    "fit_slots_64": {"stage2.memory_fit_slots": 64},
-    "one_scale": {"model.scales": (4,)},
-    "no_variance": {"stage1.variance_weight": 0.0},
-    "beta_2": {"model.beta": 2.0},
-    "beta_30": {"model.beta": 30.0},
-    "deviation_difference": {"model.deviation": "difference"},
-}
-# (column, results.json key): the configured score and each scorer alone, on both splits.
-COLUMNS = (("AUROC", "auroc"), ("detector", "auroc_detector"), ("A0", "auroc_a0"), ("rotation", "auroc_rotation"))
-SPLITS = (("val", "validation."), ("test", ""))
 _VARIANTS = flags.DEFINE_list("variants", list(VARIANTS), f"Variants to run, from: {', '.join(VARIANTS)}.")
 
 

@@ -1,4 +1,4 @@
-"""experiments/ablation.py: its variants are valid configs and the paper's form undoes
+"""experiments/ablation_variants.py (the ablation's): its variants are valid configs and the paper's form undoes
 every lever of the chosen method."""
 
 import pathlib
@@ -7,7 +7,7 @@ import sys
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "experiments"))
-import ablation  # noqa: E402
+import ablation_variants as ablation  # noqa: E402  (no flags: other experiment scripts' tests define theirs)
 from mscad_jax import config as config_lib  # noqa: E402
 
 CONFIG = str(pathlib.Path(__file__).resolve().parent.parent / "configs" / "fashion_mnist.py")

@@ -123,6 +123,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.stage2.augment = augment_section(  # Stage 2's own input augmentation; these defaults change nothing.
         crop_scale_min=1.0, flip=False, jitter_prob=0.0, grayscale_prob=0.0)
     c.stage2.synthetic_anomalies = ()  # Kinds added to every batch as labelled anomalies: cutpaste, scar, rotation.
+    c.stage2.position_labels = False  # metric detector: Deep SAD per position, the positions under a synthetic defect as anomalies (False: per image).
 
     # ---- evaluation -------------------------------------------------------------
     c.eval = ml_collections.ConfigDict()
@@ -426,6 +427,9 @@ def _check_stages(config: ml_collections.ConfigDict) -> None:
         _fail("stage2.detector", config.stage2.detector, f"allowed: {', '.join(DETECTORS)}")
     if config.stage2.memory_fit not in MEMORY_FITS:
         _fail("stage2.memory_fit", config.stage2.memory_fit, f"allowed: {', '.join(MEMORY_FITS)}")
+    if config.stage2.position_labels and config.stage2.detector != "metric":
+        _fail("stage2.position_labels", config.stage2.position_labels,
+              "only the metric detector scores every position: set stage2.detector='metric' (or this False)")
     if config.model.rotation_head and not config.stage1.rotations:
         _fail("stage1.rotations", config.stage1.rotations,
               "model.rotation_head=True is trained on rotated copies: set True (or the head False)")

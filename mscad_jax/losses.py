@@ -42,6 +42,7 @@ __all__ = [
     "memory_reconstruction",
     "rotation_cross_entropy",
     "deep_sad_loss",
+    "position_deep_sad_loss",
 ]
 
 
@@ -221,3 +222,27 @@ def deep_sad_loss(
     # ``where`` so that garbage (inf/NaN) in zero-weight padded rows cannot leak.
     weighted = jnp.where(w != 0, w * per_sample, jnp.zeros_like(per_sample))
     return jnp.sum(weighted) / jnp.maximum(jnp.sum(w), 1.0)
+
+
+def position_deep_sad_loss(
+    distances: ArrayLike,
+    anomalous: ArrayLike,
+    normal: ArrayLike,
+    eta: float | ArrayLike = 1.0,
+    eps: float = 1e-6,
+) -> jax.Array:
+    """Deep SAD per position of one scale, for a detector that scores every position.
+
+    Args:
+      distances: ``[B, H, W]`` squared distance of each position to the centre.
+      anomalous: ``[B, H, W]`` 1 where a position is a labelled anomaly.
+      normal: ``[B, H, W]`` 1 where a position is normal (positions that are neither,
+        e.g. the rim of a defect, are left out).
+      eta: weight of the anomaly term.
+
+    Returns ``mean_normal d + eta * mean_anomalous 1 / (d + eps)``: each term averaged
+    over its own positions, since a defect covers a few positions of an image while the
+    image-level loss gives the corrupted copies half of the batch.
+    """
+    d = jnp.asarray(distances)
+    return _masked_mean(d, jnp.asarray(normal)) + eta * _masked_mean(1.0 / (d + eps), jnp.asarray(anomalous))

@@ -186,8 +186,8 @@ def make_train_step(model: anomem.AnoMem, tx: optax.GradientTransformation, hp: 
         if hp.synthetic_anomalies:
             # Every image also enters corrupted (e.g. a pasted patch), as a labelled anomaly:
             # a negative of the contrastive terms, repelled from the memory.
-            images, labelled = anomalies.append_synthetic_anomalies(jax.random.fold_in(key, 1), images, labelled,
-                                                                    hp.synthetic_anomalies)
+            images, labelled, _ = anomalies.append_synthetic_anomalies(jax.random.fold_in(key, 1), images, labelled,
+                                                                       hp.synthetic_anomalies)
         views, rotation = shifted_views(key, images, hp)
         labelled = jnp.tile(labelled, len(rotation) // labelled.shape[0])
         grad_fn = jax.value_and_grad(loss_and_metrics, has_aux=True)

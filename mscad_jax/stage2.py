@@ -135,12 +135,44 @@ def loss_and_metrics(params: dict, det: detector.MultiScaleDetector, deviations:
     return loss, metrics
 
 
+# A position is a labelled anomaly when a synthetic defect covers at least this share of
+# it, normal when none does; the positions a defect only grazes are left out of the loss.
+ANOMALOUS_COVERAGE = 0.25
+
+
+def position_labels(masks: jax.Array, shape: tuple[int, int]) -> tuple[jax.Array, jax.Array]:
+    """(anomalous, normal) [B, h, w] of a scale's positions from pixel masks [B, H, W]:
+    the share of each position's pixels that the defect covers (box downsampling)."""
+    rows = jnp.asarray(anomalies.box_downsample_matrix(masks.shape[1], shape[0]))
+    cols = jnp.asarray(anomalies.box_downsample_matrix(masks.shape[2], shape[1]))
+    coverage = jnp.einsum("hH,bHW,wW->bhw", rows, masks, cols)
+    return (coverage >= ANOMALOUS_COVERAGE).astype(jnp.float32), (coverage <= 0.0).astype(jnp.float32)
+
+
+def position_loss_and_metrics(params: dict, det: detector.MultiScaleDetector, deviations: dict[str, jax.Array],
+                              masks: jax.Array, eta: float) -> tuple[jax.Array, dict]:
+    """Stage 2's loss with `stage2.position_labels`: the metric detector's distance at
+    every position (centre 0) is trained by Deep SAD per position, the positions under a
+    synthetic defect as anomalies and the rest as normal, summed over scales."""
+    embeddings = det.apply(params, deviations)
+    loss, metrics = 0.0, {}
+    for n in det.scale_names:
+        dist = detector.metric_position_distances(embeddings[n], deviations[n].shape)
+        anomalous, normal = position_labels(masks, dist.shape[1:])
+        loss = loss + losses.position_deep_sad_loss(dist, anomalous, normal, eta)
+        metrics[f"{n}/normal_distance"] = jnp.sum(dist * normal) / jnp.maximum(normal.sum(), 1.0)
+        metrics[f"{n}/anomalous_distance"] = jnp.sum(dist * anomalous) / jnp.maximum(anomalous.sum(), 1.0)
+    metrics["loss"] = loss
+    return loss, metrics
+
+
 def make_train_step(det, model, tx, config: ml_collections.ConfigDict, mesh: Mesh):
     """The jitted step (state, batch, frozen) -> (state, metrics)."""
     names = det.scale_names
     eta = float(config.stage2.eta)
     aug = augment.from_config(config.stage2.augment)
     synthetic = tuple(config.stage2.synthetic_anomalies)
+    per_position = bool(config.stage2.position_labels)
 
     def train_step(state: Stage2State, batch: dict, frozen: dict):
         images = input_pipeline.to_float(batch["image"])
@@ -148,13 +180,18 @@ def make_train_step(det, model, tx, config: ml_collections.ConfigDict, mesh: Mes
         if not aug.is_identity:
             images = augment.augment_batch(key, images, aug)
         labelled = batch["labelled_anomaly"]
+        masks = jnp.broadcast_to(labelled.astype(jnp.float32)[:, None, None], images.shape[:3])
         if synthetic:
             # Every image also enters corrupted, as a labelled anomaly (Deep SAD's second term).
-            images, labelled = anomalies.append_synthetic_anomalies(jax.random.fold_in(key, 1), images, labelled,
-                                                                    synthetic)
+            images, labelled, masks = anomalies.append_synthetic_anomalies(jax.random.fold_in(key, 1), images,
+                                                                           labelled, synthetic)
         deviations = anomem.deviation_maps(anomem.frozen_outputs(model, frozen, images), names)
-        grad_fn = jax.value_and_grad(loss_and_metrics, has_aux=True)
-        (_, metrics), grads = grad_fn(state.params, det, deviations, state.centers, labelled, eta)
+        if per_position:
+            grad_fn = jax.value_and_grad(position_loss_and_metrics, has_aux=True)
+            (_, metrics), grads = grad_fn(state.params, det, deviations, masks, eta)
+        else:
+            grad_fn = jax.value_and_grad(loss_and_metrics, has_aux=True)
+            (_, metrics), grads = grad_fn(state.params, det, deviations, state.centers, labelled, eta)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics["grad_norm"] = optax.global_norm(grads)

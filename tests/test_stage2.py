@@ -3,14 +3,16 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from clu import metric_writers
 
 from mscad_jax import losses, parallel, stage2
 from mscad_jax.data import anomalies, input_pipeline
-from mscad_jax.models import anomem
+from mscad_jax.models import anomem, detector
 from mscad_jax.scoring import function as scoring
 from conftest import init_variables, jitted_apply, untrained_stage1
+from tiny import make_tiny_config
 
 
 def test_no_gradient_reaches_the_frozen_encoder_and_memories(tiny_config, random_images):
@@ -156,14 +158,95 @@ def test_stage2_resumes_from_its_checkpoint_like_an_uninterrupted_run(tiny_confi
 def test_synthetic_anomalies_are_corrupted_copies_of_each_image(random_images):
     images = input_pipeline.to_float(random_images(6, size=12))
     key = jax.random.key(0)
-    rotated = np.asarray(anomalies.synthetic_anomalies(key, images, ("rotation",)))
-    for got, x in zip(rotated, np.asarray(images)):
+    rotated, masks = anomalies.synthetic_anomalies(key, images, ("rotation",))
+    for got, x in zip(np.asarray(rotated), np.asarray(images)):
         assert any(np.array_equal(got, np.rot90(x, r, axes=(0, 1))) for r in (1, 2, 3))
-    mixed = anomalies.synthetic_anomalies(key, images, ("cutpaste", "scar", "rotation"))
-    np.testing.assert_array_equal(mixed, anomalies.synthetic_anomalies(key, images, ("cutpaste", "scar", "rotation")))
+    np.testing.assert_array_equal(masks, 1.0)  # a rotation is anomalous everywhere
+    mixed, masks = anomalies.synthetic_anomalies(key, images, ("cutpaste", "scar", "rotation"))
+    again, masks_again = anomalies.synthetic_anomalies(key, images, ("cutpaste", "scar", "rotation"))
+    np.testing.assert_array_equal(mixed, again)
+    np.testing.assert_array_equal(masks, masks_again)
     assert mixed.shape == images.shape and float(mixed.min()) >= 0.0 and float(mixed.max()) <= 1.0
-    changed = np.abs(np.asarray(mixed) - np.asarray(images)).reshape(6, -1).max(axis=1)
-    assert np.all(changed > 0)  # every copy differs from its image
+    changed = np.abs(np.asarray(mixed) - np.asarray(images)).max(axis=-1)
+    assert np.all(changed.reshape(6, -1).max(axis=1) > 0)  # every copy differs from its image
+    assert np.all(changed[np.asarray(masks) == 0] == 0)  # and only where its mask says
+
+
+def test_appended_rows_carry_their_masks(random_images):
+    images = input_pipeline.to_float(random_images(4, size=12))
+    given = jnp.asarray([False, True, False, False])
+    out, labelled, masks = anomalies.append_synthetic_anomalies(jax.random.key(1), images, given, ("cutpaste",))
+    assert out.shape[0] == labelled.shape[0] == masks.shape[0] == 8
+    np.testing.assert_array_equal(labelled, [False, True, False, False, True, True, True, True])
+    # A given label marks the whole image, a normal image nowhere, a pasted patch its box.
+    np.testing.assert_array_equal(masks[:4], np.broadcast_to(np.asarray(given, np.float32)[:, None, None], (4, 12, 12)))
+    covered = np.asarray(masks[4:]).reshape(4, -1).mean(axis=1)
+    assert np.all((covered > 0) & (covered < 0.5))
+
+
+def test_position_labels_mark_the_positions_a_defect_covers():
+    masks = np.zeros((1, 8, 8), np.float32)
+    masks[0, :4, :4] = 1.0  # the top-left quadrant
+    masks[0, 6, 7] = 1.0  # one pixel of the bottom-right position
+    anomalous, normal = stage2.position_labels(jnp.asarray(masks), (2, 2))
+    np.testing.assert_array_equal(anomalous[0], [[1, 0], [0, 0]])
+    np.testing.assert_array_equal(normal[0], [[0, 1], [1, 0]])  # 1/16 covered: left out
+
+
+def test_position_deep_sad_loss_matches_a_float64_reference():
+    rng = np.random.default_rng(0)
+    d = rng.uniform(0.01, 3.0, (3, 4, 4))
+    anomalous = (rng.uniform(size=d.shape) < 0.2).astype(np.float64)
+    normal = (1 - anomalous) * (rng.uniform(size=d.shape) < 0.9)
+    want = (d * normal).sum() / normal.sum() + 2.0 * (anomalous / (d + 1e-6)).sum() / anomalous.sum()
+    got = losses.position_deep_sad_loss(jnp.asarray(d, jnp.float32), jnp.asarray(anomalous), jnp.asarray(normal), 2.0)
+    np.testing.assert_allclose(float(got), want, rtol=1e-5)
+
+
+def test_position_loss_teaches_the_metric_where_defects_differ():
+    # Deviation maps whose defect positions differ from the rest in one channel direction,
+    # at the same norm: only a detector trained per position can single them out.
+    det = detector.make_detector(["scale2"], make_tiny_config(**{"stage2.detector": "metric"}).stage2)
+    rng = np.random.default_rng(0)
+    deviations = rng.normal(size=(8, 4, 4, 6)).astype(np.float32)
+    masks = np.zeros((8, 8, 8), np.float32)
+    masks[4:, 2:4, 4:8] = 1.0  # rows 4-7: a defect over positions (1, 2) and (1, 3)
+    deviations[4:, 1, 2:4] = 0.0
+    deviations[4:, 1, 2:4, 0] = np.linalg.norm(rng.normal(size=(4, 2, 6)), axis=-1)
+    deviations = {"scale2": jnp.asarray(deviations)}
+    params = det.init(jax.random.key(0), deviations)
+    tx = optax.adam(3e-2)
+    opt = tx.init(params)
+    grad = jax.jit(jax.grad(lambda p: stage2.position_loss_and_metrics(p, det, deviations, jnp.asarray(masks), 1.0)[0]))
+
+    def contrast(p):
+        _, m = stage2.position_loss_and_metrics(p, det, deviations, jnp.asarray(masks), 1.0)
+        return float(m["scale2/anomalous_distance"] / m["scale2/normal_distance"])
+
+    before = contrast(params)
+    for _ in range(100):
+        updates, opt = tx.update(grad(params), opt)
+        params = optax.apply_updates(params, updates)
+    assert contrast(params) > 3 * before, (before, contrast(params))
+
+
+def test_position_labels_change_what_stage_2_learns(tiny_config, random_images, tmp_path):
+    images = random_images(16, size=16)
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    trained = {}
+    for per_position in (False, True):
+        config = tiny_config(**{"image_size": 16, "stage2.epochs": 4, "stage2.learning_rate": 1e-2,
+                                "stage2.detector": "metric", "stage2.position_labels": per_position,
+                                "stage2.synthetic_anomalies": ("cutpaste",)})
+        det, model, frozen, _, state, _, _ = _train_and_score(config, images, np.zeros(16, bool), mesh,
+                                                              str(tmp_path / str(per_position)))
+        trained[per_position] = state.params
+    batch, _, masks = anomalies.append_synthetic_anomalies(jax.random.key(7), input_pipeline.to_float(images),
+                                                           jnp.zeros(16, bool), ("cutpaste",))
+    deviations = anomem.deviation_maps(jax.jit(anomem.frozen_outputs, static_argnums=0)(model, frozen, batch),
+                                       det.scale_names)
+    loss = {k: float(stage2.position_loss_and_metrics(p, det, deviations, masks, 1.0)[0]) for k, p in trained.items()}
+    assert loss[True] < loss[False], loss  # trained on the per-position loss, it is lower there
 
 
 def test_synthetic_anomalies_train_the_detector_to_separate_them(tiny_config, random_images, tmp_path):

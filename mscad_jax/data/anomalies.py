@@ -374,25 +374,33 @@ def _pick(candidates: Sequence[jax.Array], choice: jax.Array) -> jax.Array:
     return jnp.take_along_axis(stacked, choice.reshape((1, -1) + (1,) * (stacked.ndim - 2)), axis=0)[0]
 
 
-def synthetic_anomalies(key: jax.Array, images: jax.Array, kinds: Sequence[str]) -> jax.Array:
+def synthetic_anomalies(key: jax.Array, images: jax.Array, kinds: Sequence[str]) -> tuple[jax.Array, jax.Array]:
     """One corrupted copy of every image [N, H, W, C], its kind drawn uniformly from
-    `kinds`: a local anomaly (cutpaste, scar) or a rotation by 90, 180 or 270 degrees."""
+    `kinds`: a local anomaly (cutpaste, scar) or a rotation by 90, 180 or 270 degrees;
+    and where each copy is corrupted, float32 [N, H, W] (a rotation: everywhere)."""
     k_kind, k_rotation, k_local = jax.random.split(key, 3)
-    candidates = []
+    candidates, masks = [], []
     for kind in kinds:
         if kind == "rotation":
             rotated = jnp.stack([jnp.rot90(images, r, axes=(1, 2)) for r in (1, 2, 3)])
             pick = jax.random.randint(k_rotation, (images.shape[0],), 0, 3)
             candidates.append(_pick(list(rotated), pick))
+            masks.append(jnp.ones(images.shape[:3], jnp.float32))
         else:
-            candidates.append(local_anomaly_batch(jax.random.fold_in(k_local, len(candidates)), images, kind)[0])
+            copies, mask = local_anomaly_batch(jax.random.fold_in(k_local, len(candidates)), images, kind)
+            candidates.append(copies)
+            masks.append(mask)
     choice = jax.random.randint(k_kind, (images.shape[0],), 0, len(candidates))
-    return _pick(candidates, choice)
+    return _pick(candidates, choice), _pick(masks, choice)
 
 
 def append_synthetic_anomalies(key: jax.Array, images: jax.Array, labelled: jax.Array,
-                               kinds: Sequence[str]) -> tuple[jax.Array, jax.Array]:
+                               kinds: Sequence[str]) -> tuple[jax.Array, jax.Array, jax.Array]:
     """The batch with one corrupted copy of every image appended (`synthetic_anomalies`),
-    each copy flagged as a labelled anomaly: ([2N, H, W, C], [2N])."""
-    copies = synthetic_anomalies(key, images, kinds)
-    return jnp.concatenate([images, copies]), jnp.concatenate([labelled, jnp.ones_like(labelled)])
+    each copy flagged as a labelled anomaly, and where each row is anomalous (a labelled
+    anomaly of the batch: everywhere; a normal image: nowhere):
+    ([2N, H, W, C], [2N], float32 [2N, H, W])."""
+    copies, masks = synthetic_anomalies(key, images, kinds)
+    given = jnp.broadcast_to(labelled.astype(jnp.float32)[:, None, None], images.shape[:3])
+    return (jnp.concatenate([images, copies]), jnp.concatenate([labelled, jnp.ones_like(labelled)]),
+            jnp.concatenate([given, masks]))

@@ -242,8 +242,8 @@ def test_synthetic_anomalies_enter_stage1_as_labelled_copies(tiny_config, random
     labelled anomaly; its loss is the loss of that enlarged batch."""
     config = tiny_config(**{"stage1.synthetic_anomalies": ("cutpaste", "scar"), "stage1.batch_size": 4})
     hp, model, state, step, batch, key, floats = _first_step(config, random_images(4))
-    corrupted = jax.jit(anomalies.synthetic_anomalies, static_argnums=2)(jax.random.fold_in(key, 1), floats,
-                                                                         ("cutpaste", "scar"))
+    corrupted, _ = jax.jit(anomalies.synthetic_anomalies, static_argnums=2)(jax.random.fold_in(key, 1), floats,
+                                                                            ("cutpaste", "scar"))
     assert not np.array_equal(corrupted, floats)
     views, rotation = jitted_views(key, np.concatenate([floats, corrupted]), hp)
     labelled = np.array([False] * 4 + [True] * 4)

@@ -111,7 +111,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.stage2.epochs = 20  # Passes over the training set.
     c.stage2.learning_rate = 1e-4  # Adam learning rate (as Deep SVDD / Deep SAD).
     c.stage2.weight_decay = 1e-6  # Decoupled weight decay (AdamW).
-    c.stage2.detector = "conv"  # conv (DESIGN's CNN, centre = mean normal embedding) | metric (learned quadratic form of D_s, centre 0) | spatial (metric + a 3x3 residual of `hidden` channels; models.detector).
+    c.stage2.detector = "conv"  # conv (DESIGN's CNN, centre = mean normal embedding) | metric (learned quadratic form of D_s, centre 0; models.detector).
     c.stage2.hidden = 64  # Channels of the detector's convolutions.
     c.stage2.embed_dim = 32  # Detector output size.
     c.stage2.pooling = "mean"  # mean (global average pooling, DESIGN) | flatten (keeps every position).
@@ -123,7 +123,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.stage2.augment = augment_section(  # Stage 2's own input augmentation; these defaults change nothing.
         crop_scale_min=1.0, flip=False, jitter_prob=0.0, grayscale_prob=0.0)
     c.stage2.synthetic_anomalies = ()  # Kinds added to every batch as labelled anomalies: cutpaste, scar, rotation.
-    c.stage2.position_labels = False  # metric/spatial detector: Deep SAD per position, the positions under a synthetic defect as anomalies (False: per image).
+    c.stage2.position_labels = False  # metric detector: Deep SAD per position, the positions under a synthetic defect as anomalies (False: per image).
 
     # ---- evaluation -------------------------------------------------------------
     c.eval = ml_collections.ConfigDict()
@@ -415,7 +415,7 @@ def _check_model(m: ml_collections.ConfigDict, image_size: int) -> None:
 def _check_stages(config: ml_collections.ConfigDict) -> None:
     """The `stage1` and `stage2` sections and the bookkeeping cadences."""
     from mscad_jax.data.anomalies import SYNTHETIC_ANOMALIES
-    from mscad_jax.models.detector import DETECTORS, POOLINGS, POSITION_DETECTORS
+    from mscad_jax.models.detector import DETECTORS, POOLINGS
 
     for stage in ("stage1", "stage2"):
         synthetic = tuple(config[stage].synthetic_anomalies)
@@ -427,9 +427,9 @@ def _check_stages(config: ml_collections.ConfigDict) -> None:
         _fail("stage2.detector", config.stage2.detector, f"allowed: {', '.join(DETECTORS)}")
     if config.stage2.memory_fit not in MEMORY_FITS:
         _fail("stage2.memory_fit", config.stage2.memory_fit, f"allowed: {', '.join(MEMORY_FITS)}")
-    if config.stage2.position_labels and config.stage2.detector not in POSITION_DETECTORS:
+    if config.stage2.position_labels and config.stage2.detector != "metric":
         _fail("stage2.position_labels", config.stage2.position_labels,
-              f"needs a detector with a distance per position, stage2.detector in {POSITION_DETECTORS} (or this False)")
+              "only the metric detector scores every position: set stage2.detector='metric' (or this False)")
     if config.model.rotation_head and not config.stage1.rotations:
         _fail("stage1.rotations", config.stage1.rotations,
               "model.rotation_head=True is trained on rotated copies: set True (or the head False)")

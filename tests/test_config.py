@@ -170,23 +170,21 @@ def test_validation_error_names_field_and_value(name, field, bad):
 
 
 @pytest.mark.parametrize("field,value", [("eval.map_source", "detector"), ("eval.detector_pooling", "max")])
-def test_the_per_position_options_need_a_detector_with_a_distance_per_position(field, value):
+def test_the_spatial_detector_options_need_the_metric_detector(field, value):
     config = get_config("default")
     set_field(config, field, value)
     config_lib.validate(config)  # the default's metric detector has a distance per position
-    config.stage2.detector = "spatial"
-    config_lib.validate(config)  # and so has the spatial one
     config.stage2.detector = "conv"
-    with pytest.raises(ConfigError, match=rf"config.{field}='{value}'.*needs stage2.detector in"):
+    with pytest.raises(ConfigError, match=rf"config.{field}='{value}'.*needs stage2.detector=metric"):
         config_lib.validate(config)
 
 
-def test_position_labels_need_a_detector_with_a_distance_per_position():
+def test_position_labels_need_the_metric_detector():
     config = get_config("default")
     config.stage2.position_labels = True
     config_lib.validate(config)
     config.stage2.detector = "conv"
-    with pytest.raises(ConfigError, match=r"config.stage2.position_labels=True.*stage2.detector in"):
+    with pytest.raises(ConfigError, match=r"config.stage2.position_labels=True.*stage2.detector='metric'"):
         config_lib.validate(config)
 
 

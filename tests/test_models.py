@@ -104,25 +104,6 @@ def test_flatten_detector_sees_where_a_deviation_is():
                                pooled.apply(v, {"scale2": jnp.asarray(right)})["scale2"], atol=1e-6)
 
 
-def test_spatial_detector_starts_as_the_metric_one_and_sees_neighbours():
-    rng = np.random.default_rng(0)
-    x = {"scale2": jnp.asarray(rng.normal(size=(2, 4, 4, 3)), jnp.float32)}
-    metric = detector.MultiScaleDetector(("scale2",), hidden=5, kind="metric")
-    spatial = detector.MultiScaleDetector(("scale2",), hidden=5, kind="spatial")
-    assert spatial.zero_centre
-    v_metric, v_spatial = metric.init(jax.random.key(0), x), spatial.init(jax.random.key(0), x)
-    np.testing.assert_allclose(spatial.apply(v_spatial, x)["scale2"], metric.apply(v_metric, x)["scale2"], rtol=1e-6)
-    # Once its residual is non-zero, a position's distance depends on its neighbour's deviation.
-    params = jax.tree_util.tree_map_with_path(
-        lambda p, a: jnp.ones_like(a) if "back" in jax.tree_util.keystr(p) else a, v_spatial)
-    moved = np.array(x["scale2"])
-    moved[:, 1, 2] += 1.0  # changes position (1, 2) only
-    distances = lambda inp: np.asarray(detector.metric_position_distances(  # noqa: E731
-        spatial.apply(params, {"scale2": jnp.asarray(inp)})["scale2"], inp.shape))
-    changed = ~np.isclose(distances(np.asarray(x["scale2"])), distances(moved))
-    assert changed[:, 1, 1].all() and not changed[:, 3, 0].any()  # a neighbour moves, a far position not
-
-
 def test_rotation_head_predicts_four_classes_from_the_deepest_scale():
     model = anomem.AnoMem(depth=10, width=4, scales=(2, 3), num_slots=4, proj_dim=4, rotation_head=True)
     x = jnp.asarray(np.random.default_rng(0).random((3, 8, 8, 1)), jnp.float32)

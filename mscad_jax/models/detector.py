@@ -11,12 +11,6 @@ deviation map that starts as the memory's energy A0 (mean_hw ||D_s||^2); Deep SA
 shrinks the directions normal images deviate along and stretches those of the labelled
 (or synthetic) anomalies. It keeps every position (experiments/results/
 fashion_mnist_memory_fit.md: why it replaced the CNN in the chosen method).
-
-`spatial`: the metric detector plus a residual that sees each position's neighbours,
-phi_s(D) = W_s D + V_s relu(U_s * D) (U_s a bias-free 3x3 convolution, V_s a 1x1 one
-initialised to zero, so that it starts as `metric`); still centre 0 and a distance per
-position, for defects that show as a pattern over neighbouring positions rather than in
-one position's deviation.
 """
 
 from __future__ import annotations
@@ -27,10 +21,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 
-DETECTORS = ("conv", "metric", "spatial")
-# The detectors with centre 0 and a distance at every position (stage2.position_labels,
-# eval.detector_pooling and eval.map_source=detector need one).
-POSITION_DETECTORS = ("metric", "spatial")
+DETECTORS = ("conv", "metric")
 # How the conv detector turns its last feature map into one vector: `mean` is DESIGN's global
 # average pooling; `flatten` keeps every position (a detector that sees where).
 POOLINGS = ("mean", "flatten")
@@ -59,19 +50,12 @@ def _identity(key, shape, dtype=jnp.float32):
 
 class MetricDetector(nn.Module):
     """W D at every position (bias-free 1x1 conv, identity at initialisation), flattened
-    and scaled by 1/sqrt(H W): the squared norm of the output is mean_hw ||W D[h, w]||^2.
-    With `context_hidden` > 0 (`spatial`), plus V relu(U * D), U a 3x3 convolution to
-    that many channels and V a 1x1 one back, zero at initialisation."""
-
-    context_hidden: int = 0
+    and scaled by 1/sqrt(H W): the squared norm of the output is mean_hw ||W D[h, w]||^2."""
 
     @nn.compact
     def __call__(self, deviation: jnp.ndarray) -> jnp.ndarray:
         channels, positions = deviation.shape[-1], deviation.shape[1] * deviation.shape[2]
         x = nn.Conv(channels, (1, 1), use_bias=False, kernel_init=_identity, name="metric")(deviation)
-        if self.context_hidden:
-            h = nn.relu(nn.Conv(self.context_hidden, (3, 3), padding="SAME", use_bias=False, name="context")(deviation))
-            x = x + nn.Conv(channels, (1, 1), use_bias=False, kernel_init=nn.initializers.zeros, name="back")(h)
         return x.reshape(x.shape[0], -1) / jnp.sqrt(float(positions))
 
 
@@ -94,13 +78,12 @@ class MultiScaleDetector(nn.Module):
     @property
     def zero_centre(self) -> bool:
         """Whether the centres are 0 (metric) rather than the normal embeddings' mean."""
-        return self.kind in POSITION_DETECTORS
+        return self.kind == "metric"
 
     @nn.compact
     def __call__(self, deviations: dict[str, jnp.ndarray]) -> dict[str, jnp.ndarray]:
-        if self.kind in POSITION_DETECTORS:
-            context = self.hidden if self.kind == "spatial" else 0
-            return {s: MetricDetector(context, name=f"detector_{s}")(deviations[s]) for s in self.scale_names}
+        if self.kind == "metric":
+            return {s: MetricDetector(name=f"detector_{s}")(deviations[s]) for s in self.scale_names}
         return {s: DeviationDetector(self.hidden, self.embed_dim, self.pooling, name=f"detector_{s}")(deviations[s])
                 for s in self.scale_names}
 

@@ -90,8 +90,6 @@ def from_config(config) -> ScorerSpec:
 def check_eval_section(ev, model, detector: str, fail) -> None:
     """The `eval` section's scoring fields against the registries above (`detector`:
     stage2.detector); `fail(field, value, allowed)` raises the config error."""
-    from mscad_jax.models.detector import POSITION_DETECTORS
-
     scorers = scorer_names(ev.scorer)
     if not scorers or len(set(scorers)) != len(scorers) or not set(scorers) <= set(SCORERS):
         fail("eval.scorer", scorers, f"distinct names from {', '.join(SCORERS)}, joined with '+'")
@@ -106,8 +104,8 @@ def check_eval_section(ev, model, detector: str, fail) -> None:
     for field, allowed in (("map_source", MAP_SOURCES), ("detector_pooling", DETECTOR_POOLINGS)):
         if ev[field] not in allowed:
             fail(f"eval.{field}", ev[field], f"allowed: {', '.join(allowed)}")
-        if ev[field] != allowed[0] and detector not in POSITION_DETECTORS:
-            fail(f"eval.{field}", ev[field], f"needs stage2.detector in {POSITION_DETECTORS} (a distance per position)")
+        if ev[field] != allowed[0] and detector != "metric":
+            fail(f"eval.{field}", ev[field], "needs stage2.detector=metric (the detector with a distance per position)")
     if ev.knn_k < 1:
         fail("eval.knn_k", ev.knn_k, "must be a positive integer")
     count = len(tuple(model.scales))

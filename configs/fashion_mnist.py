@@ -5,8 +5,10 @@ Offline: point TFDS at the prepared copy (`data_dir=...` or TFDS_DATA_DIR).
 The CPU-sized variant used for the sweep on two cores: `:cpu=True` (28x28 images, a
 smaller model, rotations, the fitted memory's detector + rotation scoring); minutes
 per class there (experiments/results/README.md).
-With `anomaly_type=local` it trains stage 1 without crops and scores with the detector's
-largest per-position distance alone. With `protocol=unbalanced` (Deep SAD's labelled
+With `anomaly_type=local` it trains stage 1 without crops, stage 2 per position on
+synthetic defects of the other kind than `local_kind` (give it in the argument,
+`anomaly_type=local,local_kind=scar`), and scores with the detector's largest
+per-position distance alone. With `protocol=unbalanced` (Deep SAD's labelled
 anomalies) stage 1 is the one-class one and stage 2 learns from the labels alone.
 """
 
@@ -46,6 +48,13 @@ def get_config(arg: str | None = None):
             c.eval.detector_pooling = "max"
             # More prototypes per position help local anomalies (table B there; the size is in table C).
             c.stage2.memory_fit_slots = 256
+            # The detector learns each position's distance from synthetic defects of the other
+            # kind than the one it is tested on (never the test's kind), and draws the maps
+            # (validation across kinds: experiments/results/fashion_mnist_local_position_labels.md).
+            c.stage2.synthetic_anomalies = ("scar",) if args.get("local_kind", c.local_kind) == "cutpaste" \
+                else ("cutpaste",)
+            c.stage2.position_labels = True
+            c.eval.map_source = "detector"
         c.stage1.augment.jitter_prob = 0.0
         # Otherwise eval.scorer stays chosen_method's detector + rotation, chosen on
         # validation (experiments/results/fashion_mnist_memory_fit.md).

@@ -398,9 +398,15 @@ def test_fashion_mnist_cpu_local_preset_changes_crops_and_the_score_only():
     assert one_class.stage1.augment.crop_scale_min == 0.8 and local.stage1.augment.crop_scale_min == 1.0
     assert local.eval.scorer == ("detector",) and local.eval.detector_pooling == "max"
     assert local.stage2.memory_fit_slots == 256
+    # Stage 2 learns per position from the other local kind than the test's.
+    assert local.stage2.synthetic_anomalies == ("cutpaste",) and local.stage2.position_labels
+    assert get_config("fashion_mnist", "cpu=True,anomaly_type=local").stage2.synthetic_anomalies == ("scar",)
+    assert local.eval.map_source == "detector"
     local.stage1.augment.crop_scale_min = 0.8
     local.eval.scorer, local.eval.detector_pooling = one_class.eval.scorer, one_class.eval.detector_pooling
     local.stage2.memory_fit_slots = one_class.stage2.memory_fit_slots
+    local.stage2.synthetic_anomalies, local.stage2.position_labels = one_class.stage2.synthetic_anomalies, False
+    local.eval.map_source = one_class.eval.map_source
     local.anomaly_type, local.local_kind = one_class.anomaly_type, one_class.local_kind
     assert local.to_json_best_effort() == one_class.to_json_best_effort()
     config_lib.validate(local)

@@ -180,7 +180,7 @@ def make_train_step(det, model, tx, config: ml_collections.ConfigDict, mesh: Mes
         if not aug.is_identity:
             images = augment.augment_batch(key, images, aug)
         labelled = batch["labelled_anomaly"]
-        masks = jnp.broadcast_to(labelled.astype(jnp.float32)[:, None, None], images.shape[:3])
+        masks = anomalies.label_masks(labelled, images.shape[1:3])
         if synthetic:
             # Every image also enters corrupted, as a labelled anomaly (Deep SAD's second term).
             images, labelled, masks = anomalies.append_synthetic_anomalies(jax.random.fold_in(key, 1), images,

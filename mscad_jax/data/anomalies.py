@@ -29,6 +29,7 @@ from mscad_jax.data.augment import hsv_to_rgb, rgb_to_hsv
 __all__ = [
     "LOCAL_ANOMALIES",
     "append_synthetic_anomalies",
+    "label_masks",
     "box_downsample_matrix",
     "SYNTHETIC_ANOMALIES",
     "STYLE_CORRUPTIONS",
@@ -401,6 +402,11 @@ def append_synthetic_anomalies(key: jax.Array, images: jax.Array, labelled: jax.
     anomaly of the batch: everywhere; a normal image: nowhere):
     ([2N, H, W, C], [2N], float32 [2N, H, W])."""
     copies, masks = synthetic_anomalies(key, images, kinds)
-    given = jnp.broadcast_to(labelled.astype(jnp.float32)[:, None, None], images.shape[:3])
     return (jnp.concatenate([images, copies]), jnp.concatenate([labelled, jnp.ones_like(labelled)]),
-            jnp.concatenate([given, masks]))
+            jnp.concatenate([label_masks(labelled, images.shape[1:3]), masks]))
+
+
+def label_masks(labelled: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """Where each image is anomalous, float32 [N, H, W], from image labels [N]: a labelled
+    anomaly everywhere, a normal image nowhere."""
+    return jnp.broadcast_to(labelled.astype(jnp.float32)[:, None, None], (labelled.shape[0], *size))

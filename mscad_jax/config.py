@@ -21,7 +21,7 @@ from mscad_jax.errors import ConfigError
 PROTOCOLS = ("one_class", "unbalanced", "ood")
 ANOMALY_TYPES = ("object", "style", "local")
 MODES = ("train", "evaluate")
-MEMORY_FITS = ("none", "kmeans")  # stage2.memory_fit
+MEMORY_FITS = ("none", "kmeans", "maps")  # stage2.memory_fit
 # Fields earlier versions had: a workdir's config.json that names one still evaluates and
 # exports; the field is ignored with one warning line. Why each went: the closing notes of
 # issue 25 (code no config used, levers measured without gain, or moved to experiments/).
@@ -115,9 +115,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.stage2.hidden = 64  # Channels of the detector's convolutions.
     c.stage2.embed_dim = 32  # Detector output size.
     c.stage2.pooling = "mean"  # mean (global average pooling, DESIGN) | flatten (keeps every position).
-    c.stage2.memory_fit = "none"  # none (stage 1's memory) | kmeans (per-position slots fitted to normal features after stage 1; models.fitted_memory).
-    c.stage2.memory_fit_slots = 16  # kmeans: prototypes per position of each scale's map.
+    c.stage2.memory_fit = "none"  # none (stage 1's memory) | kmeans (per-position slots fitted to normal features after stage 1) | maps (whole normal maps, ridge retrieval); models.fitted_memory.
+    c.stage2.memory_fit_slots = 16  # kmeans: prototypes per position of each scale's map; maps: whole maps per scale.
     c.stage2.memory_fit_beta = 50.0  # kmeans: inverse temperature of the fitted memory's retrieval.
+    c.stage2.memory_fit_scales = ()  # The scales (of model.scales) whose memory is fitted; () = all; the others keep stage 1's.
+    c.stage2.memory_fit_neighbours = 50  # maps: the nearest stored maps each map's ridge reconstruction is drawn from.
+    c.stage2.memory_fit_window = 1  # maps: the deviation averaged over this many x this many positions.
     c.stage2.eta = 1.0  # Deep SAD weight of labelled anomalies.
     c.stage2.center_eps = 0.1  # Centre coordinates are pushed away from 0 by at least this.
     c.stage2.augment = augment_section(  # Stage 2's own input augmentation; these defaults change nothing.
@@ -427,6 +430,13 @@ def _check_stages(config: ml_collections.ConfigDict) -> None:
         _fail("stage2.detector", config.stage2.detector, f"allowed: {', '.join(DETECTORS)}")
     if config.stage2.memory_fit not in MEMORY_FITS:
         _fail("stage2.memory_fit", config.stage2.memory_fit, f"allowed: {', '.join(MEMORY_FITS)}")
+    fit_scales = tuple(config.stage2.memory_fit_scales)
+    if len(set(fit_scales)) != len(fit_scales) or not set(fit_scales) <= set(tuple(config.model.scales)):
+        _fail("stage2.memory_fit_scales", fit_scales,
+              f"distinct scales from model.scales={tuple(config.model.scales)}, or () for all")
+    if config.stage2.memory_fit == "maps" and config.stage2.memory_fit_neighbours > config.stage2.memory_fit_slots:
+        _fail("stage2.memory_fit_neighbours", config.stage2.memory_fit_neighbours,
+              f"at most stage2.memory_fit_slots={config.stage2.memory_fit_slots}: the ridge draws on stored maps")
     if config.stage2.position_labels and config.stage2.detector != "metric":
         _fail("stage2.position_labels", config.stage2.position_labels,
               "only the metric detector scores every position: set stage2.detector='metric' (or this False)")
@@ -439,7 +449,8 @@ def _check_stages(config: ml_collections.ConfigDict) -> None:
               f"one weight per scale in model.scales={tuple(config.model.scales)}, or () for all 1")
     positive = ("stage1.batch_size", "stage1.epochs", "stage1.base_learning_rate", "stage1.temperature",
                 "stage2.batch_size", "stage2.epochs", "stage2.learning_rate", "stage2.hidden", "stage2.embed_dim",
-                "stage2.memory_fit_slots", "stage2.memory_fit_beta",
+                "stage2.memory_fit_slots", "stage2.memory_fit_beta", "stage2.memory_fit_neighbours",
+                "stage2.memory_fit_window",
                 "log_every_steps", "checkpoint_every_steps")
     for field in positive:
         if not _get(config, field) > 0:

@@ -230,6 +230,12 @@ def train(config: ml_collections.ConfigDict, model: anomem.AnoMem, frozen: dict,
 MAX_MEMORY_FIT_IMAGES = 10000
 
 
+def memory_fit_names(config: ml_collections.ConfigDict) -> list[str]:
+    """The scales the fitted memory replaces stage 1's memory at (`stage2.memory_fit_scales`,
+    () = every scale of the model)."""
+    return anomem.scale_names(tuple(config.stage2.memory_fit_scales) or tuple(config.model.scales))
+
+
 def fit_memory(config: ml_collections.ConfigDict, model: anomem.AnoMem, frozen: dict, normal_images: np.ndarray,
                mesh: Mesh) -> dict:
     """`frozen` with the memory `config.stage2.memory_fit` asks for fitted to the normal
@@ -240,7 +246,7 @@ def fit_memory(config: ml_collections.ConfigDict, model: anomem.AnoMem, frozen: 
         pick = np.random.default_rng([config.seed, 11]).choice(len(normal_images), MAX_MEMORY_FIT_IMAGES,
                                                               replace=False)
         normal_images = normal_images[np.sort(pick)]
-    names = anomem.scale_names(model.scales)
+    names = memory_fit_names(config)
     features_fn = parallel.jit_over_batch(
         lambda f, x: {n: o["features"] for n, o in anomem.frozen_outputs(model, f, input_pipeline.to_float(x)).items()
                       if n in names}, mesh, 1)
@@ -249,9 +255,15 @@ def fit_memory(config: ml_collections.ConfigDict, model: anomem.AnoMem, frozen: 
         out = parallel.fetch(features_fn(frozen, batch["image"]))
         for n in names:
             chunks[n].append(out[n][:valid])
-    slots = {n: fitted_memory.fit_slots(np.concatenate(chunks[n]), config.stage2.memory_fit_slots,
-                                        config.seed + i) for i, n in enumerate(names)}
-    fitted = {"slots": slots, "beta": np.float32(config.stage2.memory_fit_beta)}
+    s2 = config.stage2
+    if s2.memory_fit == "maps":
+        maps = {n: fitted_memory.fit_maps(np.concatenate(chunks[n]), s2.memory_fit_slots, config.seed + i)
+                for i, n in enumerate(names)}
+        fitted = fitted_memory.map_memory(maps, s2.memory_fit_neighbours, s2.memory_fit_window)
+    else:
+        slots = {n: fitted_memory.fit_slots(np.concatenate(chunks[n]), s2.memory_fit_slots, config.seed + i)
+                 for i, n in enumerate(names)}
+        fitted = {"slots": slots, "beta": np.float32(s2.memory_fit_beta)}
     return jax.device_put({**frozen, fitted_memory.KEY: fitted}, parallel.replicated(mesh))
 
 
@@ -263,9 +275,16 @@ def abstract_fitted_memory(config: ml_collections.ConfigDict, model: anomem.AnoM
         return frozen
     outputs = jax.eval_shape(lambda f: anomem.frozen_outputs(model, f, jnp.zeros((1,) + tuple(image_shape))), frozen)
     rep = parallel.replicated(mesh)
-    slots = {n: jax.ShapeDtypeStruct(outputs[n]["features"].shape[1:3] + (config.stage2.memory_fit_slots,
+    s2 = config.stage2
+    if s2.memory_fit == "maps":
+        maps = {n: np.zeros((s2.memory_fit_slots,) + outputs[n]["features"].shape[1:], np.float32)
+                for n in memory_fit_names(config)}
+        fitted = fitted_memory.map_memory(maps, s2.memory_fit_neighbours, s2.memory_fit_window)
+        return {**frozen, fitted_memory.KEY: jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), fitted)}
+    slots = {n: jax.ShapeDtypeStruct(outputs[n]["features"].shape[1:3] + (s2.memory_fit_slots,
                                                                           outputs[n]["features"].shape[-1]),
-                                     jnp.float32, sharding=rep) for n in anomem.scale_names(model.scales)}
+                                     jnp.float32, sharding=rep) for n in memory_fit_names(config)}
     beta = jax.ShapeDtypeStruct((), jnp.float32, sharding=rep)
     return {**frozen, fitted_memory.KEY: {"slots": slots, "beta": beta}}
 

@@ -103,6 +103,11 @@ INVALID = [
     ("fashion_mnist", "normal_class", 10),
     ("fashion_mnist", "normal_class", -1),
     ("default", "normal_class", 12),
+    ("default", "stage2.memory_fit", "coreset"),
+    ("default", "stage2.memory_fit_scales", (2, 5)),
+    ("default", "stage2.memory_fit_scales", (2, 2)),
+    ("default", "stage2.memory_fit_window", 0),
+    ("default", "stage2.memory_fit_neighbours", 0),
     ("cifar100", "normal_class", 20),  # coarse: 20 super-classes
     ("cifar10", "normal_class", 10),
     ("default", "model.scales", ()),

@@ -14,10 +14,11 @@ import pytest
 from PIL import Image
 
 from mscad_jax import config as config_lib
-from mscad_jax import export, exported, plots, score, train
+from mscad_jax import export, exported, metrics, plots, score, train
 from mscad_jax.scoring import spec as scoring_spec
 from mscad_jax.scoring import state as scoring_state
 from mscad_jax.data import protocols
+from mscad_jax.models import anomem
 
 from conftest import make_tiny_config
 
@@ -372,3 +373,27 @@ def test_the_default_score_keeps_no_training_images_in_the_model(tmp_path):
     for column, key in (("score", "score"), ("detector", "score/detector"), ("rotation", "score/rotation")):
         np.testing.assert_allclose(out[key], [float(r[column]) for r in rows], rtol=1e-5, atol=1e-5, err_msg=column)
     assert not any(k.startswith("knn") for k in out)
+
+
+def test_a_map_memory_job_exports_the_scores_and_maps_it_was_evaluated_with(tmp_path):
+    """The map memory (stage2.memory_fit=maps: whole normal maps, ridge retrieval, a window
+    on the deviation) on local anomalies: the artifact holds the stored maps, and its scores
+    and maps are the evaluation's (its maps give the evaluation's pixel AUROC)."""
+    config = config_lib.chosen_method(make_tiny_config(dataset="digits", normal_class=0, anomaly_type="local"))
+    config = config_lib.apply_overrides(config, {
+        "stage2.memory_fit": "maps", "stage2.memory_fit_slots": 6, "stage2.memory_fit_neighbours": 3,
+        "stage2.memory_fit_window": 2, "stage2.synthetic_anomalies": ("scar",), "stage2.position_labels": True,
+        "eval.scorer": ("detector",), "eval.detector_pooling": "max", "eval.map_source": "detector",
+        "eval.plots": False})
+    workdir, artifact = str(tmp_path / "run"), str(tmp_path / "model")
+    results = train.train_and_evaluate(config, workdir)
+    state, _ = scoring_state.load(os.path.join(workdir, "scorer"))
+    maps = scoring_state.flatten(state)
+    assert {k for k in maps if k.startswith("frozen.fitted_memory.maps.")} == {
+        f"frozen.fitted_memory.maps.{n}" for n in anomem.scale_names(config.model.scales)}
+    export.export(workdir, artifact, ["cpu"])
+    data = protocols.build_protocol(config)
+    out = exported.load(artifact).score(data.test_images)
+    rows = _read_csv(os.path.join(workdir, "scores.csv"))
+    np.testing.assert_allclose(out["score"], [float(r["score"]) for r in rows], rtol=1e-5, atol=1e-5)
+    assert metrics.pixel_auroc(out["map"], data.test_masks) == pytest.approx(results["pixel_auroc"], abs=1e-6)

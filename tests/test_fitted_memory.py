@@ -194,3 +194,141 @@ def test_the_abstract_fitted_memory_has_the_fitted_shapes(tiny_config, random_im
     abstract = stage2.abstract_fitted_memory(config, model, frozen, images.shape[1:], mesh)[fitted_memory.KEY]
     for name, slots in fitted["slots"].items():
         assert slots.shape == abstract["slots"][name].shape and slots.shape[2] == 2
+
+
+def ref_map_retrieval(query, maps, k, penalty):
+    """float64, one query map: the ridge reconstruction out of its k nearest maps (cosine
+    on the flattened maps), written with explicit loops."""
+    q = np.asarray(query, np.float64).ravel()
+    flat = [np.asarray(m, np.float64).ravel() for m in maps]
+    cos = np.array([np.dot(_unit(q), _unit(m)) for m in flat])
+    nearest = np.argsort(-cos, kind="stable")[:k]
+    basis = np.stack([flat[i] for i in nearest])
+    gram = np.array([[np.dot(a, b) for b in basis] for a in basis]) + penalty * np.eye(k)
+    coef = np.linalg.solve(gram, np.array([np.dot(a, q) for a in basis]))
+    return sum(c * a for c, a in zip(coef, basis)).reshape(np.shape(query)), dict(zip(nearest, coef))
+
+
+def ref_window_mean(x, w):
+    """[H, W, C] mean over the w x w positions around each (zeros beyond the border, an
+    even w one more position before than after)."""
+    h, wd, _ = x.shape
+    lo = w // 2
+    out = np.zeros(x.shape, np.float64)
+    for i in range(h):
+        for j in range(wd):
+            for di in range(w):
+                for dj in range(w):
+                    a, b = i - lo + di, j - lo + dj
+                    if 0 <= a < h and 0 <= b < wd:
+                        out[i, j] += x[a, b] / w ** 2
+    return out
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_map_retrieval_matches_a_float64_ridge_reference(k):
+    rng = np.random.default_rng(5)
+    features, maps = rng.normal(size=(4, 3, 2, 5)), rng.normal(size=(6, 3, 2, 5))
+    penalty = np.full((k,), 0.5, np.float32)
+    retrieved, coefficients = fitted_memory.retrieve_maps(jnp.asarray(features, jnp.float32),
+                                                          jnp.asarray(maps, jnp.float32), jnp.asarray(penalty))
+    for b in range(4):
+        want, coef = ref_map_retrieval(features[b], maps, k, 0.5)
+        np.testing.assert_allclose(np.asarray(retrieved)[b], want, atol=1e-4)
+        dense = np.array([coef.get(i, 0.0) for i in range(6)])
+        np.testing.assert_allclose(np.asarray(coefficients)[b], dense, atol=1e-5)
+
+
+def test_a_stored_map_is_retrieved_almost_exactly():
+    """A query that is one of the stored maps comes back up to the ridge's shrinkage,
+    and a stored map's neighbours hold it: the deviation of normal maps is small."""
+    rng = np.random.default_rng(6)
+    maps = rng.normal(size=(8, 4, 4, 3)).astype(np.float32)
+    retrieved, _ = fitted_memory.retrieve_maps(jnp.asarray(maps), jnp.asarray(maps), jnp.full((3,), 1e-3))
+    np.testing.assert_allclose(np.asarray(retrieved), maps, atol=1e-3)
+
+
+@pytest.mark.parametrize("w", [1, 2, 3])
+def test_window_mean_matches_a_float64_reference(w):
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(2, 5, 4, 3))
+    window = np.full((w, w), 1.0 / w ** 2, np.float32)
+    got = np.asarray(fitted_memory.window_mean(jnp.asarray(x, jnp.float32), jnp.asarray(window)))
+    for b in range(2):
+        np.testing.assert_allclose(got[b], ref_window_mean(x[b], w), atol=1e-5)
+
+
+def test_map_kmeans_recovers_whole_map_clusters():
+    """Maps drawn around two whole-map patterns: the two fitted maps are those patterns
+    (every position at once, not position by position)."""
+    rng = np.random.default_rng(8)
+    patterns = rng.normal(size=(2, 3, 3, 4))
+    pick = rng.integers(0, 2, size=48)
+    features = (patterns[pick] + 0.01 * rng.normal(size=(48, 3, 3, 4))).astype(np.float32)
+    maps = fitted_memory.fit_maps(features, 2, seed=0)
+    assert maps.shape == (2, 3, 3, 4)
+    cos = np.array([[np.dot(_unit(m.ravel()), _unit(p.ravel())) for p in patterns] for m in maps])
+    assert sorted(cos.max(axis=0)) == pytest.approx([1.0, 1.0], abs=1e-3)
+    with pytest.raises(ValueError, match="memory_fit_slots=64"):
+        fitted_memory.fit_maps(features, 64, seed=0)
+
+
+def test_the_map_memory_replaces_the_retrieval_and_the_deviation(tiny_config, random_images):
+    config = tiny_config(**{"stage2.memory_fit": "maps", "stage2.memory_fit_slots": 6,
+                            "stage2.memory_fit_neighbours": 3, "stage2.memory_fit_window": 2})
+    images = random_images(12)
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    model, frozen = untrained_stage1(config, images, mesh)
+    fitted = stage2.fit_memory(config, model, frozen, images, mesh)
+    memory_entry = fitted[fitted_memory.KEY]
+    abstract = stage2.abstract_fitted_memory(config, model, frozen, images.shape[1:], mesh)[fitted_memory.KEY]
+    assert jax.tree.map(lambda x: x.shape, abstract) == jax.tree.map(np.shape, memory_entry)
+    after = jax.jit(anomem.frozen_outputs, static_argnums=0)(model, fitted, input_pipeline.to_float(images))
+    for name in anomem.scale_names(model.scales):
+        maps = np.asarray(memory_entry["maps"][name])
+        f = np.asarray(after[name]["features"])
+        assert maps.shape == (6,) + f.shape[1:]
+        want_r, _ = ref_map_retrieval(f[2], maps, 3, fitted_memory.MAP_RIDGE_PENALTY)
+        np.testing.assert_allclose(np.asarray(after[name]["retrieved"])[2], want_r, atol=1e-3)
+        d = np.array([[ref_deviation(f[2, h, w], want_r[h, w], config.model.deviation)
+                       for w in range(f.shape[2])] for h in range(f.shape[1])])
+        np.testing.assert_allclose(np.asarray(after[name]["deviation"])[2], ref_window_mean(d, 2), atol=1e-3)
+
+
+def test_config_refuses_more_neighbours_than_stored_maps(tiny_config):
+    from mscad_jax import config as config_lib
+    from mscad_jax.errors import ConfigError
+    with pytest.raises(ConfigError, match="stage2.memory_fit_neighbours"):
+        config_lib.validate(tiny_config(**{"stage2.memory_fit": "maps", "stage2.memory_fit_slots": 4,
+                                           "stage2.memory_fit_neighbours": 5}))
+
+
+def test_spd_solve_matches_numpy_on_an_ill_conditioned_gram():
+    """Stored maps are much alike, so their gram is ill conditioned: the loop Cholesky
+    still solves it as LAPACK does in float64."""
+    rng = np.random.default_rng(9)
+    base = rng.normal(size=(1, 40))
+    rows = base + 0.05 * rng.normal(size=(3, 6, 40))  # [B, K, D], six near copies
+    gram = rows @ np.swapaxes(rows, -1, -2) + np.eye(6)
+    rhs = rng.normal(size=(3, 6))
+    got = np.asarray(fitted_memory.spd_solve(jnp.asarray(gram, jnp.float32), jnp.asarray(rhs, jnp.float32)))
+    want = np.linalg.solve(gram, rhs[..., None])[..., 0]
+    np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-3)
+
+
+def test_memory_fit_scales_fit_only_those_and_leave_the_others_to_stage_1(tiny_config, random_images):
+    config = tiny_config(**{"stage2.memory_fit": "maps", "stage2.memory_fit_slots": 4,
+                            "stage2.memory_fit_neighbours": 2, "stage2.memory_fit_scales": (3,)})
+    images = random_images(8)
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    model, frozen = untrained_stage1(config, images, mesh)
+    fitted = stage2.fit_memory(config, model, frozen, images, mesh)
+    assert set(fitted[fitted_memory.KEY]["maps"]) == {"scale3"}
+    abstract = stage2.abstract_fitted_memory(config, model, frozen, images.shape[1:], mesh)[fitted_memory.KEY]
+    assert set(abstract["maps"]) == {"scale3"}
+    outputs = jax.jit(anomem.frozen_outputs, static_argnums=0)
+    before = outputs(model, frozen, input_pipeline.to_float(images))
+    after = outputs(model, fitted, input_pipeline.to_float(images))
+    for name in anomem.scale_names(model.scales):
+        same = np.array_equal(np.asarray(after[name]["deviation"]), np.asarray(before[name]["deviation"]))
+        assert same == (name != "scale3"), name

@@ -22,6 +22,7 @@ PROTOCOLS = ("one_class", "unbalanced", "ood")
 ANOMALY_TYPES = ("object", "style", "local")
 MODES = ("train", "evaluate")
 MEMORY_FITS = ("none", "kmeans", "maps")  # stage2.memory_fit
+MAP_DTYPES = ("float32", "float16")  # stage2.memory_fit_dtype (retrieval computes in the features' dtype)
 # Fields earlier versions had: a workdir's config.json that names one still evaluates and
 # exports; the field is ignored with one warning line. Why each went: the closing notes of
 # issue 25 (code no config used, levers measured without gain, or moved to experiments/).
@@ -121,6 +122,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.stage2.memory_fit_scales = ()  # The scales (of model.scales) whose memory is fitted; () = all; the others keep stage 1's.
     c.stage2.memory_fit_neighbours = 50  # maps: the nearest stored maps each map's ridge reconstruction is drawn from.
     c.stage2.memory_fit_window = 1  # maps: the deviation averaged over this many x this many positions.
+    c.stage2.memory_fit_dtype = "float32"  # maps: how the stored maps are kept (float32 | float16: half the size).
     c.stage2.eta = 1.0  # Deep SAD weight of labelled anomalies.
     c.stage2.center_eps = 0.1  # Centre coordinates are pushed away from 0 by at least this.
     c.stage2.augment = augment_section(  # Stage 2's own input augmentation; these defaults change nothing.
@@ -430,6 +432,8 @@ def _check_stages(config: ml_collections.ConfigDict) -> None:
         _fail("stage2.detector", config.stage2.detector, f"allowed: {', '.join(DETECTORS)}")
     if config.stage2.memory_fit not in MEMORY_FITS:
         _fail("stage2.memory_fit", config.stage2.memory_fit, f"allowed: {', '.join(MEMORY_FITS)}")
+    if config.stage2.memory_fit_dtype not in MAP_DTYPES:
+        _fail("stage2.memory_fit_dtype", config.stage2.memory_fit_dtype, f"allowed: {', '.join(MAP_DTYPES)}")
     fit_scales = tuple(config.stage2.memory_fit_scales)
     if len(set(fit_scales)) != len(fit_scales) or not set(fit_scales) <= set(tuple(config.model.scales)):
         _fail("stage2.memory_fit_scales", fit_scales,

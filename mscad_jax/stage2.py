@@ -259,7 +259,7 @@ def fit_memory(config: ml_collections.ConfigDict, model: anomem.AnoMem, frozen: 
     if s2.memory_fit == "maps":
         maps = {n: fitted_memory.fit_maps(np.concatenate(chunks[n]), s2.memory_fit_slots, config.seed + i)
                 for i, n in enumerate(names)}
-        fitted = fitted_memory.map_memory(maps, s2.memory_fit_neighbours, s2.memory_fit_window)
+        fitted = fitted_memory.map_memory(maps, s2.memory_fit_neighbours, s2.memory_fit_window, s2.memory_fit_dtype)
     else:
         slots = {n: fitted_memory.fit_slots(np.concatenate(chunks[n]), s2.memory_fit_slots, config.seed + i)
                  for i, n in enumerate(names)}
@@ -279,7 +279,7 @@ def abstract_fitted_memory(config: ml_collections.ConfigDict, model: anomem.AnoM
     if s2.memory_fit == "maps":
         maps = {n: np.zeros((s2.memory_fit_slots,) + outputs[n]["features"].shape[1:], np.float32)
                 for n in memory_fit_names(config)}
-        fitted = fitted_memory.map_memory(maps, s2.memory_fit_neighbours, s2.memory_fit_window)
+        fitted = fitted_memory.map_memory(maps, s2.memory_fit_neighbours, s2.memory_fit_window, s2.memory_fit_dtype)
         return {**frozen, fitted_memory.KEY: jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), fitted)}
     slots = {n: jax.ShapeDtypeStruct(outputs[n]["features"].shape[1:3] + (s2.memory_fit_slots,

@@ -108,6 +108,7 @@ INVALID = [
     ("default", "stage2.memory_fit_scales", (2, 2)),
     ("default", "stage2.memory_fit_window", 0),
     ("default", "stage2.memory_fit_neighbours", 0),
+    ("default", "stage2.memory_fit_dtype", "int8"),
     ("cifar100", "normal_class", 20),  # coarse: 20 super-classes
     ("cifar10", "normal_class", 10),
     ("default", "model.scales", ()),

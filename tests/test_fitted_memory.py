@@ -332,3 +332,16 @@ def test_memory_fit_scales_fit_only_those_and_leave_the_others_to_stage_1(tiny_c
     for name in anomem.scale_names(model.scales):
         same = np.array_equal(np.asarray(after[name]["deviation"]), np.asarray(before[name]["deviation"]))
         assert same == (name != "scale3"), name
+
+
+def test_float16_maps_take_half_the_bytes_and_retrieve_as_float32():
+    rng = np.random.default_rng(10)
+    maps = {"scale2": rng.normal(size=(6, 3, 3, 4)).astype(np.float32)}
+    full, half = fitted_memory.map_memory(maps, 3, 1), fitted_memory.map_memory(maps, 3, 1, "float16")
+    assert half["maps"]["scale2"].dtype == np.float16
+    assert half["maps"]["scale2"].nbytes * 2 == full["maps"]["scale2"].nbytes
+    query = jnp.asarray(rng.normal(size=(2, 3, 3, 4)), jnp.float32)
+    got, _ = fitted_memory.retrieve_maps(query, jnp.asarray(half["maps"]["scale2"]), jnp.asarray(half["penalty"]))
+    want, _ = fitted_memory.retrieve_maps(query, jnp.asarray(full["maps"]["scale2"]), jnp.asarray(full["penalty"]))
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-2)

@@ -91,8 +91,9 @@ def fit_maps(features: np.ndarray, num_maps: int, seed: int) -> np.ndarray:
     return np.asarray(centres).reshape((num_maps,) + features.shape[1:])
 
 
-def map_memory(maps: dict[str, np.ndarray], neighbours: int, window: int) -> dict[str, Any]:
-    """The fitted-memory entry of a map memory (see KEY)."""
+def map_memory(maps: dict[str, np.ndarray], neighbours: int, window: int, dtype: str = "float32") -> dict[str, Any]:
+    """The fitted-memory entry of a map memory (see KEY), its maps stored as `dtype`."""
+    maps = {n: np.asarray(m).astype(dtype) for n, m in maps.items()}
     return {"maps": maps, "penalty": np.full((neighbours,), MAP_RIDGE_PENALTY, np.float32),
             "window": np.full((window, window), 1.0 / window ** 2, np.float32)}
 

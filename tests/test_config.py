@@ -398,14 +398,15 @@ def test_config_json_rebuilds_the_config(name):
 
 
 def test_fashion_mnist_cpu_local_preset_changes_crops_and_the_score_only():
-    """Stage 1 without crops; a memory of 512 whole maps at scale 2; the scale-2 detector
+    """Stage 1 without crops; a memory of 1024 whole maps at scale 2; the scale-2 detector
     alone, max-pooled."""
     one_class = get_config("fashion_mnist", "cpu=True")
     local = get_config("fashion_mnist", "cpu=True,anomaly_type=local,local_kind=scar")
     assert one_class.stage1.augment.crop_scale_min == 0.8 and local.stage1.augment.crop_scale_min == 1.0
     assert local.eval.scorer == ("detector",) and local.eval.detector_pooling == "max"
     assert (local.stage2.memory_fit, tuple(local.stage2.memory_fit_scales), local.stage2.memory_fit_slots,
-            local.stage2.memory_fit_neighbours, local.stage2.memory_fit_window) == ("maps", (2,), 512, 50, 2)
+            local.stage2.memory_fit_neighbours, local.stage2.memory_fit_window,
+            local.stage2.memory_fit_dtype) == ("maps", (2,), 1024, 50, 2, "float16")
     assert tuple(local.eval.detector_weights) == (1.0, 0.0, 0.0) and tuple(local.model.scales) == (2, 3, 4)
     # Stage 2 learns per position from the other local kind than the test's.
     assert local.stage2.synthetic_anomalies == ("cutpaste",) and local.stage2.position_labels
@@ -413,7 +414,8 @@ def test_fashion_mnist_cpu_local_preset_changes_crops_and_the_score_only():
     assert local.eval.map_source == "detector"
     local.stage1.augment.crop_scale_min = 0.8
     local.eval.scorer, local.eval.detector_pooling = one_class.eval.scorer, one_class.eval.detector_pooling
-    for field in ("memory_fit", "memory_fit_scales", "memory_fit_slots", "memory_fit_neighbours", "memory_fit_window"):
+    for field in ("memory_fit", "memory_fit_scales", "memory_fit_slots", "memory_fit_neighbours", "memory_fit_window",
+                  "memory_fit_dtype"):
         local.stage2[field] = one_class.stage2[field]
     local.eval.detector_weights = one_class.eval.detector_weights
     local.stage2.synthetic_anomalies, local.stage2.position_labels = one_class.stage2.synthetic_anomalies, False

@@ -36,8 +36,9 @@ from mscad_jax.ops import l2_normalize
 # 'window': [w, w]} for the map memory (array shapes carry K and w, which compile into the
 # retrieval). `anomem.frozen_outputs` retrieves from it when present.
 KEY = "fitted_memory"
-# The map memory's ridge penalty, in units of the features' squared norm (the value the
-# patch-kNN ridge was measured with: experiments/results/fashion_mnist_local.md).
+# The map memory's ridge penalty, added to the diagonal of the stored maps' gram (raw
+# feature units). Validation was flat from 0.1 to 10 (experiments/results/
+# fashion_mnist_local_map_memory.md, part A), so it is a constant, not a field.
 MAP_RIDGE_PENALTY = 1.0
 # Lloyd iterations of the k-means, a fixed count so that the fit is one compiled loop. It
 # need not be exact: A0's validation AUROC hardly moved between 8 and 64 slots per position

@@ -49,8 +49,8 @@ def get_config(arg: str | None = None):
             # The memory holds whole normal 14x14 maps, and each image's map is retrieved by a ridge
             # fit out of the 50 stored maps nearest it, so a position is compared with the same
             # place in normal garments like this one; the deviation averaged over 2x2 positions, at
-            # scale 2 alone, which the score reads; 1024 maps kept as float16 (13.8 MB) beat 512
-            # (validation across kinds, parts B and C of
+            # scale 2 alone, which the score reads; 1024 maps kept as float16 beat 512 in the same size
+            # (validation across kinds, part B of
             # experiments/results/fashion_mnist_local_map_memory.md).
             c.stage2.memory_fit = "maps"
             c.stage2.memory_fit_scales = (2,)

@@ -61,6 +61,10 @@ def _kmeans(points: jax.Array, num_slots: int, key: jax.Array) -> jax.Array:
     return jax.lax.fori_loop(0, ITERATIONS, step, points[start])
 
 
+# One compiled k-means per shape, shared by every fit (a jax.jit made per call would not be).
+_kmeans_jit = jax.jit(_kmeans, static_argnums=1)
+
+
 @functools.partial(jax.jit, static_argnums=2)
 def _fit_row(row: jax.Array, keys: jax.Array, num_slots: int) -> jax.Array:
     """row [N, W, C] -> [W, num_slots, C]: one k-means per position."""
@@ -88,7 +92,7 @@ def fit_maps(features: np.ndarray, num_maps: int, seed: int) -> np.ndarray:
         raise ValueError(f"stage2.memory_fit_slots={num_maps} needs at least as many normal training images; "
                          f"there are {n}")
     flat = jnp.asarray(features.reshape(n, -1), jnp.float32)
-    centres = jax.jit(_kmeans, static_argnums=1)(flat, num_maps, jax.random.PRNGKey(seed))
+    centres = _kmeans_jit(flat, num_maps, jax.random.PRNGKey(seed))
     return np.asarray(centres).reshape((num_maps,) + features.shape[1:])
 
 

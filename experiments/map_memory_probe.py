@@ -22,20 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import patch_knn  # noqa: E402
 
 SIZES = (256, 512, 1024)
-KMEANS_ITERATIONS = 20
-
-
-def kmeans_maps(maps: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """k-means of the flattened maps, assigned by cosine (as fitted_memory.fit_maps)."""
-    flat = maps.reshape(len(maps), -1)
-    units = flat / np.linalg.norm(flat, axis=1, keepdims=True)
-    centres = flat[rng.choice(len(maps), k, replace=False)]
-    for _ in range(KMEANS_ITERATIONS):
-        assign = np.argmax(units @ (centres / np.linalg.norm(centres, axis=1, keepdims=True)).T, 1)
-        for j in range(k):
-            if (assign == j).any():
-                centres[j] = flat[assign == j].mean(0)
-    return centres.reshape((k,) + maps.shape[1:])
+# The penalty sweep: k-means maps of this size, window 2, K 50 and 100.
+PENALTY_BANK, PENALTIES = 512, (0.1, 1.0, 10.0, 100.0)
 
 
 def main(cutpaste_workdir: str, scar_workdir: str, scales: str) -> None:
@@ -44,7 +32,7 @@ def main(cutpaste_workdir: str, scar_workdir: str, scales: str) -> None:
     from mscad_jax import config as config_lib
     from mscad_jax import evaluate, parallel, stage1
     from mscad_jax.data import protocols
-    from mscad_jax.models import anomem
+    from mscad_jax.models import anomem, fitted_memory
 
     configs = [config_lib.from_json(json.load(open(os.path.join(w, "config.json"), encoding="utf-8")))
                for w in (cutpaste_workdir, scar_workdir)]
@@ -69,7 +57,8 @@ def main(cutpaste_workdir: str, scar_workdir: str, scales: str) -> None:
         banks = {"full": train[name]}
         for size in SIZES:
             banks[f"random {size}"] = train[name][rng.choice(len(train[name]), size, replace=False)]
-            banks[f"kmeans {size}"] = kmeans_maps(train[name], size, rng)
+            # The job's own fit (stage2.memory_fit=maps), seeded as the job seeds scale 2.
+            banks[f"kmeans {size}"] = fitted_memory.fit_maps(train[name], size, configs[0].seed)
         for bank_name, bank in banks.items():
             for k in (20, 50):
                 for distance, window in (("image_ridge", 1), ("image_ridge", 2), ("ridge", 1)):
@@ -80,6 +69,16 @@ def main(cutpaste_workdir: str, scar_workdir: str, scales: str) -> None:
                         m = patch_knn.aligned_map(distance, bank, q, nearest, penalty=1.0, window=window)
                         row.append(f"{100 * roc_auc_score(labels, m.reshape(len(m), -1).max(1)):.2f}")
                     print(" | ".join(row), flush=True)
+        print(f"penalty sweep, {name}, k-means {PENALTY_BANK}, image_ridge, window 2: K | penalty | the four AUROCs")
+        for k in (50, 100):
+            for penalty in PENALTIES:
+                row = [str(k), str(penalty)]
+                for feats, labels in sets:
+                    q = feats[name]
+                    nearest = patch_knn.nearest_rows(banks[f"kmeans {PENALTY_BANK}"], q, k)[1]
+                    m = patch_knn.image_ridge_residual(banks[f"kmeans {PENALTY_BANK}"], q, nearest, penalty, 2)
+                    row.append(f"{100 * roc_auc_score(labels, m.reshape(len(m), -1).max(1)):.2f}")
+                print(" | ".join(row), flush=True)
 
 
 if __name__ == "__main__":

@@ -6,9 +6,13 @@
 
 Each run directory of the sweep (`class<k>` or `class<k>_seed<s>`) holds results.json
 (with `scorer_stats`, each scorer's standardisation), scores.csv and
-validation_scores.csv (one column per scorer); a combination's score is the job's own
-`fusion.final_score` over those columns, so the combination a config names gives the
-same AUROC as its job. The table shows, per combination, the ten-class mean on
+validation_scores.csv (one column per scorer); a combination's score is the sum the job's
+`fusion.final_score` takes over those columns (each standardised as the job does), so the combination a config names gives the
+same AUROC as its job. A term may carry a weight (`detector+0.5*rotation`: the standardised
+rotation score weighed half) and may be one scale of a scorer (`detector/scale2`, standardised
+with that scale's statistics from the run's scorer/arrays.npz): a sum of one scorer's scales
+alone, `detector/scale2+detector/scale3`, ranks as the job's detector with those
+`eval.detector_weights`. The table shows, per combination, the ten-class mean on
 validation and on test (mean over seeds, and the sample std over seeds of that
 ten-class mean), the worst class and how many classes sit below their floor.
 """
@@ -44,15 +48,33 @@ def read_columns(path: str) -> dict[str, np.ndarray]:
     return {k: np.array([r[k] for r in rows], np.float64) for k in rows[0] if k != "path"}
 
 
+def weighted_term(term: str) -> tuple[float, str]:
+    """'0.5*rotation' -> (0.5, 'rotation'); 'rotation' -> (1.0, 'rotation')."""
+    weight, _, name = term.rpartition("*")
+    return (float(weight) if weight else 1.0), name
+
+
 def combination_auroc(columns: dict[str, np.ndarray], scorer_stats: dict[str, dict[str, float]],
                       combo: list[str]) -> float:
-    """AUROC of the job's final score had it summed the scorers in `combo`."""
-    missing = [s for s in combo if s not in columns or s not in scorer_stats]
+    """AUROC of the job's final score had it summed the (weighted) scorers in `combo`."""
+    terms = [weighted_term(t) for t in combo]
+    missing = [s for _, s in terms if s not in columns or s not in scorer_stats]
     if missing:
         raise ValueError(f"scorers {missing} are not in this run's scores (it has {sorted(scorer_stats)})")
-    stats = {s: (scorer_stats[s]["mean"], scorer_stats[s]["std"]) for s in combo}
-    score = np.asarray(fusion.final_score({s: columns[s] for s in combo}, stats, combo))
+    score = sum(w * np.asarray(fusion.standardize(columns[s], scorer_stats[s]["mean"], scorer_stats[s]["std"]))
+                for w, s in terms)
     return metrics.image_metrics(score, columns["is_anomaly"])["auroc"]
+
+
+def run_statistics(run: str, results: dict) -> dict[str, dict[str, float]]:
+    """The job's per-scorer statistics (results.json), and each scale's (scorer/arrays.npz) where the run kept them."""
+    stats = dict(results["scorer_stats"])
+    arrays = os.path.join(run, "scorer", "arrays.npz")
+    if os.path.exists(arrays):
+        with np.load(arrays) as saved:
+            stats |= {k[len("stats."):]: {"mean": float(saved[k][0]), "std": float(saved[k][1])}
+                      for k in saved.files if k.startswith("stats.")}
+    return stats
 
 
 def collect(workdir: str, combos: list[list[str]]) -> dict[tuple[int, int], dict[str, float]]:
@@ -66,11 +88,12 @@ def collect(workdir: str, combos: list[list[str]]) -> dict[tuple[int, int], dict
         with open(os.path.join(run, "results.json")) as f:
             results = json.load(f)
         row = {}
+        stats = run_statistics(run, results)
         for split, (csv_name, floor_key) in SPLITS.items():
             columns = read_columns(os.path.join(run, csv_name))
             row[f"{split} floor"] = report.lookup(results, floor_key)
             for combo in combos:
-                row[f"{split} {'+'.join(combo)}"] = combination_auroc(columns, results["scorer_stats"], combo)
+                row[f"{split} {'+'.join(combo)}"] = combination_auroc(columns, stats, combo)
         out[(int(match.group(1)), int(match.group(2) or 0))] = row
     return out
 

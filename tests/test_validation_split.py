@@ -111,12 +111,26 @@ def test_the_job_reports_validation_beside_test_and_sets_the_threshold_on_held_o
     import score_combinations
 
     os.rename(workdir, tmp_path / "class3")
-    runs = score_combinations.collect(str(tmp_path), [["detector", "knn"], ["knn"]])
+    scales = ["detector/scale2", "detector/scale3", "detector/scale4"]
+    runs = score_combinations.collect(str(tmp_path), [["detector", "knn"], ["knn"], ["2*knn"], scales,
+                                                      ["detector", "0.5*knn"]])
     assert list(runs) == [(3, 0)]
-    assert runs[(3, 0)]["test detector+knn"] == pytest.approx(results["auroc"], abs=1e-6)
-    assert runs[(3, 0)]["val detector+knn"] == pytest.approx(v["auroc"], abs=1e-6)
-    assert runs[(3, 0)]["val knn"] == pytest.approx(v["auroc_knn"], abs=1e-6)
-    assert runs[(3, 0)]["val floor"] == v["auroc_pixel_knn_floor"]
+    run = runs[(3, 0)]
+    assert run["test detector+knn"] == pytest.approx(results["auroc"], abs=1e-6)
+    assert run["val detector+knn"] == pytest.approx(v["auroc"], abs=1e-6)
+    assert run["val knn"] == pytest.approx(v["auroc_knn"], abs=1e-6) == pytest.approx(run["val 2*knn"], abs=1e-9)
+    assert run["val floor"] == v["auroc_pixel_knn_floor"]
+    # The detector's scales, each standardised with its own statistics and summed with the default (equal)
+    # weights, rank exactly as the job's detector.
+    assert run["test " + "+".join(scales)] == pytest.approx(results["auroc_detector"], abs=1e-6)
+    assert run["val " + "+".join(scales)] == pytest.approx(v["auroc_detector"], abs=1e-6)
+    # A weighted term: the standardised kNN score weighed half beside the detector.
+    columns = score_combinations.read_columns(str(tmp_path / "class3" / "scores.csv"))
+    z = {s: (columns[s] - results["scorer_stats"][s]["mean"]) / results["scorer_stats"][s]["std"] for s in ("detector", "knn")}
+    from sklearn.metrics import roc_auc_score
+
+    assert run["test detector+0.5*knn"] == pytest.approx(roc_auc_score(columns["is_anomaly"], z["detector"] + 0.5 * z["knn"]),
+                                                         abs=1e-6)
 
 
 def test_an_image_folder_with_only_normal_training_images_gets_synthesised_local_anomalies(tmp_path):

@@ -17,35 +17,15 @@ from __future__ import annotations
 import os
 import sys
 
-import numpy as np
 from absl import app, flags
 
 import sweep_classes  # the same flags and the same resumable run
-from ablation_variants import COLUMNS, SPLITS, VARIANTS
+from ablation_variants import VARIANTS, variant_row
 from mscad_jax import config as config_lib
 from mscad_jax import cli, files, logs, report
 
 
 _VARIANTS = flags.DEFINE_list("variants", list(VARIANTS), f"Variants to run, from: {', '.join(VARIANTS)}.")
-
-
-def variant_row(name: str, overrides: dict, runs: dict, classes: list[int], seeds: list[int]) -> dict:
-    """One table row: per-class test AUROC, then every column's listed-class mean on
-    validation and test (mean over seeds) and the std over seeds of the AUROC's mean."""
-    def class_mean(k, key):
-        values = [report.lookup(runs[(k, s)], key) for s in seeds]
-        return None if None in values else 100 * float(np.mean(values))
-
-    row = {"variant": name, "changes": ", ".join(f"{k}={v}" for k, v in overrides.items()) or "-"}
-    row |= {f"class {k}": class_mean(k, "auroc") for k in classes}
-    for split, prefix in SPLITS:
-        for column, key in COLUMNS:
-            per_class = [class_mean(k, prefix + key) for k in classes]
-            row[f"{split} {column}"] = None if None in per_class else float(np.mean(per_class))
-            if column == "AUROC":
-                per_seed = [np.mean([report.lookup(runs[(k, s)], prefix + key) for k in classes]) for s in seeds]
-                row[f"{split} std"] = 100 * float(np.std(per_seed, ddof=1)) if len(seeds) > 1 else None
-    return row
 
 
 def main(argv):
@@ -71,7 +51,8 @@ def main(argv):
             "Per class: the configured score on test, mean over seeds. 'val'/'test' <column>: the ten-class "
             "(listed-class) mean of the configured score (AUROC) and of each scorer alone (detector: stage-2 "
             "distances; A0: training-free deviation energy; rotation: the rotation head), mean over seeds; "
-            "'std': the sample std over seeds of the listed-class mean (one seed: -).\n")
+            "'std': the sample std over seeds of the listed-class mean (one seed: -); model MB and scoring img/s: "
+            "the exported artifact's size and the job's scoring speed, mean over runs.\n")
     for path in filter(None, (os.path.join(sweep_classes._WORKDIR.value, "ablation.md"), sweep_classes._OUT.value)):
         with files.atomic_write(path) as f:
             f.write(text)

@@ -1,10 +1,13 @@
 """The ablation's variants (experiments/ablation.py): config overrides relative to the
-chosen method, and the columns its table reports. Kept apart from the script so that
-they can be imported without its command-line flags."""
+chosen method, the columns its table reports and the row each variant makes. Kept apart
+from the script so that they can be imported without its command-line flags."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from mscad_jax import config as config_lib
+from mscad_jax import report
 
 
 def paper_form_overrides() -> dict:
@@ -50,3 +53,26 @@ VARIANTS: dict[str, dict] = {
 # (column, results.json key): the configured score and each scorer alone, on both splits.
 COLUMNS = (("AUROC", "auroc"), ("detector", "auroc_detector"), ("A0", "auroc_a0"), ("rotation", "auroc_rotation"))
 SPLITS = (("val", "validation."), ("test", ""))
+
+
+def variant_row(name: str, overrides: dict, runs: dict, classes: list[int], seeds: list[int]) -> dict:
+    """One table row: per-class test AUROC, then every column's listed-class mean on
+    validation and test (mean over seeds) and the std over seeds of the AUROC's mean."""
+    def class_mean(k, key):
+        values = [report.lookup(runs[(k, s)], key) for s in seeds]
+        return None if None in values else 100 * float(np.mean(values))
+
+    row = {"variant": name, "changes": ", ".join(f"{k}={v}" for k, v in overrides.items()) or "-"}
+    row |= {f"class {k}": class_mean(k, "auroc") for k in classes}
+    for split, prefix in SPLITS:
+        for column, key in COLUMNS:
+            per_class = [class_mean(k, prefix + key) for k in classes]
+            row[f"{split} {column}"] = None if None in per_class else float(np.mean(per_class))
+            if column == "AUROC":
+                per_seed = [np.mean([report.lookup(runs[(k, s)], prefix + key) for k in classes]) for s in seeds]
+                row[f"{split} std"] = 100 * float(np.std(per_seed, ddof=1)) if len(seeds) > 1 else None
+    # Issue 26 asks for the artifact's size and scoring speed beside every results table.
+    for column, key in (("model MB", "model_megabytes"), ("scoring img/s", "scoring_images_per_s")):
+        values = [report.lookup(runs[(k, s)], key) for k in classes for s in seeds]
+        row[column] = None if None in values else float(np.mean(values))
+    return row

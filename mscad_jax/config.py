@@ -80,8 +80,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.key_dim = 64  # Key/query size of the projected memory.
     c.model.proj_dim = 128  # Output size of each projection head g_s.
     c.model.deviation = "normalized"  # D_s: normalized (unit F - unit R per position) | difference (F - R, DESIGN).
-    # normalized is the default: raw F - R is dominated by feature norms, and it cost A0
-    # (experiments/results/README.md, "Ablation").
+    # normalized is the default: raw F - R is dominated by feature norms, and it costs the
+    # detector and A0 on validation (experiments/results/fashion_mnist_ablation_2026_12_06.md,
+    # row deviation_difference).
     c.model.dtype = "float32"  # Compute dtype: float32 | bfloat16 (params stay float32).
     c.model.rotation_head = False  # 4-way rotation classifier on the deepest scale (CSI); trained when stage1.rotations.
 

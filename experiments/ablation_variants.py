@@ -58,21 +58,22 @@ SPLITS = (("val", "validation."), ("test", ""))
 def variant_row(name: str, overrides: dict, runs: dict, classes: list[int], seeds: list[int]) -> dict:
     """One table row: per-class test AUROC, then every column's listed-class mean on
     validation and test (mean over seeds) and the std over seeds of the AUROC's mean."""
+    def mean(values, scale=1.0):  # None where a run lacks the key
+        return None if None in values else scale * float(np.mean(values))
+
     def class_mean(k, key):
-        values = [report.lookup(runs[(k, s)], key) for s in seeds]
-        return None if None in values else 100 * float(np.mean(values))
+        return mean([report.lookup(runs[(k, s)], key) for s in seeds], scale=100)
 
     row = {"variant": name, "changes": ", ".join(f"{k}={v}" for k, v in overrides.items()) or "-"}
     row |= {f"class {k}": class_mean(k, "auroc") for k in classes}
     for split, prefix in SPLITS:
         for column, key in COLUMNS:
             per_class = [class_mean(k, prefix + key) for k in classes]
-            row[f"{split} {column}"] = None if None in per_class else float(np.mean(per_class))
+            row[f"{split} {column}"] = mean(per_class)
             if column == "AUROC":
                 per_seed = [np.mean([report.lookup(runs[(k, s)], prefix + key) for k in classes]) for s in seeds]
                 row[f"{split} std"] = 100 * float(np.std(per_seed, ddof=1)) if len(seeds) > 1 else None
     # Issue 26 asks for the artifact's size and scoring speed beside every results table.
     for column, key in (("model MB", "model_megabytes"), ("scoring img/s", "scoring_images_per_s")):
-        values = [report.lookup(runs[(k, s)], key) for k in classes for s in seeds]
-        row[column] = None if None in values else float(np.mean(values))
+        row[column] = mean([report.lookup(runs[(k, s)], key) for k in classes for s in seeds])
     return row

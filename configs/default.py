@@ -37,7 +37,8 @@ def get_config(arg: str | None = None):
     c.eval.batch_size = 256
     # The rotation head is weak on digits (a 6 rotated is a 9), so no rotation scorer. The
     # fitted memory's detector alone, every scale weighted alike, measured best on validation
-    # (experiments/results/digits_memory_fit.md, which also shows it just under the floor).
+    # (experiments/results/digits_memory_fit.md; over three seeds, with the other sums
+    # recomputed and the detector alone still under the floor: digits_seeds_2026_12_06.md).
     c.eval.scorer = ("detector",)
     c.eval.knn_k = 3  # The reported kNN baseline: the best k of 1, 3, 5, 10 over ten digits (experiments/results/README.md, "Digits").
     # Euclidean kNN keeps the features' norm (how much ink), which cosine divides away: a

@@ -2,7 +2,8 @@
 field documented is `mscad_jax/config.py`.
 
 Offline, one-class on scikit-learn's bundled digits, CPU-sized: runs with no network in
-a couple of minutes on two CPU cores (timings: experiments/results/README.md, "Digits").
+a couple of minutes on two CPU cores (timed alone: experiments/results/digits_memory_fit.md;
+three seeds: digits_seeds_2026_12_06.md).
   python -m mscad_jax.main --config=configs/default.py --workdir=/tmp/anomem_default
 Args: any base field as key=value, e.g. `configs/default.py:normal_class=3`.
 """

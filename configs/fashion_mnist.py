@@ -68,7 +68,8 @@ def get_config(arg: str | None = None):
             c.eval.map_source = "detector"
         c.stage1.augment.jitter_prob = 0.0
         # Otherwise eval.scorer stays chosen_method's detector + rotation, chosen on
-        # validation (experiments/results/fashion_mnist_memory_fit.md).
+        # validation (experiments/results/fashion_mnist_memory_fit.md; over three seeds:
+        # fashion_mnist_seeds_2026_12_06.md and fashion_mnist_fusion_weights.md).
         c.stage2.batch_size = 128
         c.stage2.epochs = 3
         c.stage2.learning_rate = 1e-3

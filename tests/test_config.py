@@ -397,12 +397,14 @@ def test_config_json_rebuilds_the_config(name):
         config_lib.from_json({"model": {"widht": 4}})
 
 
-def test_fashion_mnist_cpu_local_preset_changes_crops_and_the_score_only():
-    """Stage 1 without crops; a memory of 1024 whole maps at scale 2; the scale-2 detector
-    alone, max-pooled."""
+def test_fashion_mnist_cpu_local_preset_changes_crops_epochs_and_the_score_only():
+    """Stage 1 without crops and with 3 epochs; a memory of 1024 whole maps at scale 2; the
+    scale-2 detector alone, max-pooled."""
     one_class = get_config("fashion_mnist", "cpu=True")
     local = get_config("fashion_mnist", "cpu=True,anomaly_type=local,local_kind=scar")
     assert one_class.stage1.augment.crop_scale_min == 0.8 and local.stage1.augment.crop_scale_min == 1.0
+    # The local tables were measured with the 3-epoch stage 1; the one-class preset trains 6.
+    assert (one_class.stage1.epochs, local.stage1.epochs) == (6, 3)
     assert local.eval.scorer == ("detector",) and local.eval.detector_pooling == "max"
     assert (local.stage2.memory_fit, tuple(local.stage2.memory_fit_scales), local.stage2.memory_fit_slots,
             local.stage2.memory_fit_neighbours, local.stage2.memory_fit_window,
@@ -412,7 +414,7 @@ def test_fashion_mnist_cpu_local_preset_changes_crops_and_the_score_only():
     assert local.stage2.synthetic_anomalies == ("cutpaste",) and local.stage2.position_labels
     assert get_config("fashion_mnist", "cpu=True,anomaly_type=local").stage2.synthetic_anomalies == ("scar",)
     assert local.eval.map_source == "detector"
-    local.stage1.augment.crop_scale_min = 0.8
+    local.stage1.augment.crop_scale_min, local.stage1.epochs = 0.8, one_class.stage1.epochs
     local.eval.scorer, local.eval.detector_pooling = one_class.eval.scorer, one_class.eval.detector_pooling
     for field in ("memory_fit", "memory_fit_scales", "memory_fit_slots", "memory_fit_neighbours", "memory_fit_window",
                   "memory_fit_dtype"):

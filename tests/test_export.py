@@ -55,6 +55,15 @@ def make_job(root) -> dict:
             "data": protocols.build_protocol(config), "root": root}
 
 
+def test_a_second_run_of_the_same_config_and_seed_writes_the_same_scores_bit_for_bit(job, tmp_path):
+    # Reproducibility is exact, not approximate: a fresh run of the method's default path
+    # (rotations, the k-means memory fit, the detector) repeats every score's bytes.
+    train.train_and_evaluate(job["config"], str(tmp_path / "again"))
+    with open(os.path.join(job["workdir"], "scores.csv"), "rb") as first, \
+            open(tmp_path / "again" / "scores.csv", "rb") as again:
+        assert again.read() == first.read()
+
+
 def test_exported_scores_equal_the_evaluation_scores(job):
     model = exported.load(job["artifact"])
     out = model.score(job["data"].test_images)

@@ -4,7 +4,8 @@
   python experiments/score_combinations.py --workdir=runs/fm10 \
       --combos=detector+rotation,detector+a0+rotation,detector --out=experiments/results/x.md
 
-Each run directory of the sweep (`class<k>` or `class<k>_seed<s>`) holds results.json
+Each run directory of the sweep (`class<k>` or `class<k>_seed<s>`, with `_known<j>` for the unbalanced
+sweep's known classes, averaged per class and seed) holds results.json
 (with `scorer_stats`, each scorer's standardisation), scores.csv and
 validation_scores.csv (one column per scorer); a combination's score is the sum the job's
 `fusion.final_score` takes over those columns (each standardised as the job does), so the combination a config names gives the
@@ -37,7 +38,7 @@ _COMBOS = flags.DEFINE_list("combos", ["detector+rotation", "detector+a0+rotatio
 _OUT = flags.DEFINE_string("out", None, "Also write the table here.")
 _CLASSES = flags.DEFINE_list("classes", None, "Only these classes (default: every finished run's).")
 
-RUN_NAME = re.compile(r"^class(\d+)(?:_seed(\d+))?$")
+RUN_NAME = re.compile(r"^class(\d+)(?:_seed(\d+))?(?:_known(\d+))?$")
 SPLITS = {"val": ("validation_scores.csv", "validation.auroc_pixel_knn_floor"),
           "test": ("scores.csv", "auroc_pixel_knn_floor")}
 
@@ -78,8 +79,10 @@ def run_statistics(run: str, results: dict) -> dict[str, dict[str, float]]:
 
 
 def collect(workdir: str, combos: list[list[str]]) -> dict[tuple[int, int], dict[str, float]]:
-    """(class, seed) -> {'<split> <combo>': AUROC, '<split> floor': floor} for every finished run."""
-    out = {}
+    """(class, seed) -> {'<split> <combo>': AUROC, '<split> floor': floor} for every finished run; the runs of one
+    class and seed with different known anomaly classes (`sweep_classes.py --known_per_class`, `..._known<j>`)
+    are averaged, as that sweep's table averages them."""
+    out: dict[tuple[int, int], list[dict[str, float]]] = {}
     for name in sorted(os.listdir(workdir)):
         match = RUN_NAME.match(name)
         run = os.path.join(workdir, name)
@@ -94,8 +97,12 @@ def collect(workdir: str, combos: list[list[str]]) -> dict[tuple[int, int], dict
             row[f"{split} floor"] = report.lookup(results, floor_key)
             for combo in combos:
                 row[f"{split} {'+'.join(combo)}"] = combination_auroc(columns, stats, combo)
-        out[(int(match.group(1)), int(match.group(2) or 0))] = row
-    return out
+        out.setdefault((int(match.group(1)), int(match.group(2) or 0)), []).append(row)
+    return {key: {col: _mean([r[col] for r in rows]) for col in rows[0]} for key, rows in out.items()}
+
+
+def _mean(values: list[float | None]) -> float | None:
+    return None if any(v is None for v in values) else float(np.mean(values))
 
 
 def summary_rows(runs: dict[tuple[int, int], dict[str, float]], combos: list[list[str]]) -> list[dict]:

@@ -2,9 +2,11 @@
 trained on, with anomalies that are not test images; scored beside the test split, and
 the threshold set on its held-out normals."""
 
+import csv
 import json
 import os
 import pathlib
+import shutil
 import sys
 
 import numpy as np
@@ -131,6 +133,23 @@ def test_the_job_reports_validation_beside_test_and_sets_the_threshold_on_held_o
 
     assert run["test detector+0.5*knn"] == pytest.approx(roc_auc_score(columns["is_anomaly"], z["detector"] + 0.5 * z["knn"]),
                                                          abs=1e-6)
+    # The unbalanced sweep's runs of one class and seed, one per known anomaly class, are averaged: a copy
+    # whose test labels are flipped scores 1 - AUROC, so the pair's test mean is one half.
+    for known in (2, 4):
+        shutil.copytree(tmp_path / "class3", tmp_path / f"class5_seed1_known{known}")
+    flipped = tmp_path / "class5_seed1_known4" / "scores.csv"
+    with open(flipped) as f:
+        table = list(csv.DictReader(f))
+    for row in table:
+        row["is_anomaly"] = str(1 - int(row["is_anomaly"]))
+    with open(flipped, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(table[0]))
+        writer.writeheader()
+        writer.writerows(table)
+    runs = score_combinations.collect(str(tmp_path), [["knn"]])
+    assert sorted(runs) == [(3, 0), (5, 1)]
+    assert runs[(5, 1)]["test knn"] == pytest.approx(0.5, abs=1e-9)
+    assert runs[(5, 1)]["val knn"] == pytest.approx(runs[(3, 0)]["val knn"], abs=1e-12)
 
 
 def test_an_image_folder_with_only_normal_training_images_gets_synthesised_local_anomalies(tmp_path):

@@ -173,7 +173,6 @@ def make_train_step(det, model, tx, config: ml_collections.ConfigDict, mesh: Mes
     aug = augment.from_config(config.stage2.augment)
     synthetic = tuple(config.stage2.synthetic_anomalies)
     per_position = bool(config.stage2.position_labels)
-    identity_weight = float(config.stage2.identity_weight)
 
     def train_step(state: Stage2State, batch: dict, frozen: dict):
         images = input_pipeline.to_float(batch["image"])
@@ -187,19 +186,12 @@ def make_train_step(det, model, tx, config: ml_collections.ConfigDict, mesh: Mes
             images, labelled, masks = anomalies.append_synthetic_anomalies(jax.random.fold_in(key, 1), images,
                                                                            labelled, synthetic)
         deviations = anomem.deviation_maps(anomem.frozen_outputs(model, frozen, images), names)
-        def objective(params):
-            if per_position:
-                loss, metrics = position_loss_and_metrics(params, det, deviations, masks, eta)
-            else:
-                loss, metrics = loss_and_metrics(params, det, deviations, state.centers, labelled, eta)
-            if identity_weight:
-                # Labels from one known class would otherwise shrink every direction
-                # they do not use (fashion_mnist_unbalanced_levers.md, identity prior).
-                metrics["identity_deviation"] = detector.identity_deviation(params)
-                loss = loss + identity_weight * metrics["identity_deviation"]
-            return loss, metrics
-
-        (_, metrics), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+        if per_position:
+            grad_fn = jax.value_and_grad(position_loss_and_metrics, has_aux=True)
+            (_, metrics), grads = grad_fn(state.params, det, deviations, masks, eta)
+        else:
+            grad_fn = jax.value_and_grad(loss_and_metrics, has_aux=True)
+            (_, metrics), grads = grad_fn(state.params, det, deviations, state.centers, labelled, eta)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics["grad_norm"] = optax.global_norm(grads)

@@ -194,19 +194,6 @@ def test_position_labels_need_the_metric_detector():
         config_lib.validate(config)
 
 
-def test_identity_weight_needs_the_metric_detector_and_a_non_negative_value():
-    config = get_config("default")
-    config.stage2.identity_weight = 1.0
-    config_lib.validate(config)
-    config.stage2.identity_weight = -1.0
-    with pytest.raises(ConfigError, match=r"config.stage2.identity_weight=-1.0.*must be >= 0"):
-        config_lib.validate(config)
-    config.stage2.identity_weight = 1.0
-    config.stage2.detector = "conv"
-    with pytest.raises(ConfigError, match=r"config.stage2.identity_weight=1.0.*stage2.detector='metric'"):
-        config_lib.validate(config)
-
-
 @pytest.mark.parametrize("bad", [0.0, 1.5, -0.1])
 def test_anomaly_ratio_out_of_range_for_unbalanced(bad):
     config = get_config("default", "protocol=unbalanced")

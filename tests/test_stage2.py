@@ -273,27 +273,3 @@ def test_knn_vectors_are_pooled_or_flattened_feature_maps(tiny_config, random_im
         for n in anomem.scale_names(config.model.scales):
             np.testing.assert_allclose(out[f"feature/{n}"], expect(np.asarray(features[n]["features"])),
                                        rtol=1e-5, atol=1e-6, err_msg=f"{how} {n}")
-
-
-def test_identity_deviation_matches_a_numpy_reference():
-    rng = np.random.default_rng(0)
-    kernels = {f"detector_scale{s}": rng.normal(size=(1, 1, c, c)).astype(np.float32) for s, c in ((2, 4), (3, 8))}
-    params = {"params": {n: {"metric": {"kernel": k}} for n, k in kernels.items()}}
-    want = sum(np.mean((k[0, 0].astype(np.float64) - np.eye(k.shape[-1])) ** 2) for k in kernels.values())
-    np.testing.assert_allclose(float(detector.identity_deviation(params)), want, rtol=1e-6)
-
-
-def test_identity_weight_holds_the_metric_near_its_start(tiny_config, random_images, tmp_path):
-    images = random_images(16)
-    images[-4:] = 255 - images[-4:] // 4
-    labelled = np.zeros(16, bool)
-    labelled[-4:] = True
-    mesh = parallel.make_mesh(jax.devices()[:1])
-    moved = {}
-    for weight in (0.0, 100.0):
-        config = tiny_config(**{"stage2.epochs": 6, "stage2.learning_rate": 1e-2, "stage2.detector": "metric",
-                                "protocol": "unbalanced", "stage2.identity_weight": weight})
-        _, _, _, _, trained, _, _ = _train_and_score(config, images, labelled, mesh, str(tmp_path / str(weight)))
-        moved[weight] = float(detector.identity_deviation(parallel.fetch(trained.params)))
-    assert moved[0.0] > 0.0
-    assert moved[100.0] < 0.5 * moved[0.0], moved

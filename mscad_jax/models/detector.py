@@ -66,16 +66,6 @@ def metric_position_distances(embedding: jnp.ndarray, deviation_shape: Sequence[
     return jnp.sum(embedding.reshape(b, h, w, c) ** 2, axis=-1) * (h * w)
 
 
-def identity_deviation(params: Any) -> jnp.ndarray:
-    """sum over scales of mean((W_s - I)^2): how far the metric detectors' kernels have
-    moved from their start, where the distance is the memory's energy A0."""
-    total = 0.0
-    for scale in params["params"].values():
-        kernel = scale["metric"]["kernel"]
-        total = total + jnp.mean((kernel - _identity(None, kernel.shape, kernel.dtype)) ** 2)
-    return total
-
-
 class MultiScaleDetector(nn.Module):
     """One detector per scale name; maps {scale: D_s} -> {scale: embedding}."""
 

@@ -20,7 +20,7 @@ import optax
 from jax.sharding import Mesh
 
 from mscad_jax import checkpoint, loop, losses, parallel
-from mscad_jax.data import anomalies, augment, input_pipeline
+from mscad_jax.data import anomalies, input_pipeline
 from mscad_jax.models import anomem, detector, fitted_memory
 
 
@@ -170,15 +170,12 @@ def make_train_step(det, model, tx, config: ml_collections.ConfigDict, mesh: Mes
     """The jitted step (state, batch, frozen) -> (state, metrics)."""
     names = det.scale_names
     eta = float(config.stage2.eta)
-    aug = augment.from_config(config.stage2.augment)
     synthetic = tuple(config.stage2.synthetic_anomalies)
     per_position = bool(config.stage2.position_labels)
 
     def train_step(state: Stage2State, batch: dict, frozen: dict):
         images = input_pipeline.to_float(batch["image"])
         key = jax.random.fold_in(state.rng, state.step)
-        if not aug.is_identity:
-            images = augment.augment_batch(key, images, aug)
         labelled = batch["labelled_anomaly"]
         masks = anomalies.label_masks(labelled, images.shape[1:3])
         if synthetic:

@@ -67,12 +67,6 @@ class AugmentConfig:
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     noise_std: float = 0.0
 
-    @property
-    def is_identity(self) -> bool:
-        """True when no setting changes an image (stage 2's default): skip the call."""
-        return (self.crop_scale[0] >= 1.0 and not self.flip and self.jitter_prob == 0 and self.grayscale_prob == 0
-                and self.blur_prob == 0 and self.noise_std == 0)
-
 
 def from_config(section) -> AugmentConfig:
     """The settings of a config's `augment` section (see `mscad_jax.config`)."""

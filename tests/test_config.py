@@ -446,8 +446,10 @@ def test_an_old_config_json_with_retired_fields_loads_with_one_warning_line(caps
     saved = json.loads(get_config("default").to_json_best_effort())
     saved["model"]["local_head"] = False
     saved["eval"] |= {"knn_flip": False, "patch_knn": True, "patch_knn_window": 2}
+    saved["stage2"]["augment"] = {"crop_scale_min": 1.0, "flip": False}  # a retired section
     rebuilt = config_lib.from_json(saved)
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and "eval.knn_flip, eval.patch_knn, eval.patch_knn_window, model.local_head" in lines[0]
+    assert len(lines) == 1 and ("eval.knn_flip, eval.patch_knn, eval.patch_knn_window, model.local_head, "
+                                "stage2.augment") in lines[0]
     assert rebuilt.to_json_best_effort() == get_config("default").to_json_best_effort()
     assert set(config_lib.RETIRED_FIELDS).isdisjoint(config_lib.field_names(config_lib.base_config()))

@@ -43,6 +43,10 @@ RETIRED_FIELDS = (
     # Issue 26: stage 2's input augmentation, identity in every config, measured no gain
     # for the few labels (fashion_mnist_unbalanced_levers.md, "Stage 2 input augmentation").
     "stage2.augment",
+    # Issue 26: a residual branch beside the metric detector gained within noise on the
+    # unbalanced score while the detector alone lost (fashion_mnist_unbalanced_levers.md,
+    # "Residual branch").
+    "stage2.metric_hidden",
 )
 
 
@@ -121,7 +125,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.stage2.weight_decay = 1e-6  # Decoupled weight decay (AdamW).
     c.stage2.detector = "conv"  # conv (DESIGN's CNN, centre = mean normal embedding) | metric (learned quadratic form of D_s, centre 0; models.detector).
     c.stage2.hidden = 64  # Channels of the detector's convolutions.
-    c.stage2.metric_hidden = 0  # metric detector: channels of a residual ReLU branch beside W_s (0 = the linear metric).
     c.stage2.embed_dim = 32  # Detector output size.
     c.stage2.pooling = "mean"  # mean (global average pooling, DESIGN) | flatten (keeps every position).
     c.stage2.memory_fit = "none"  # none (stage 1's memory) | kmeans (per-position slots fitted to normal features after stage 1) | maps (whole normal maps, ridge retrieval); models.fitted_memory.
@@ -445,9 +448,6 @@ def _check_stages(config: ml_collections.ConfigDict) -> None:
     if config.stage2.memory_fit == "maps" and config.stage2.memory_fit_neighbours > config.stage2.memory_fit_slots:
         _fail("stage2.memory_fit_neighbours", config.stage2.memory_fit_neighbours,
               f"at most stage2.memory_fit_slots={config.stage2.memory_fit_slots}: the ridge draws on stored maps")
-    if config.stage2.metric_hidden < 0 or (config.stage2.metric_hidden and config.stage2.detector != "metric"):
-        _fail("stage2.metric_hidden", config.stage2.metric_hidden,
-              "a count >= 0 of residual channels, > 0 only with stage2.detector='metric'")
     if config.stage2.position_labels and config.stage2.detector != "metric":
         _fail("stage2.position_labels", config.stage2.position_labels,
               "only the metric detector scores every position: set stage2.detector='metric' (or this False)")

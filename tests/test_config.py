@@ -185,16 +185,6 @@ def test_the_spatial_detector_options_need_the_metric_detector(field, value):
         config_lib.validate(config)
 
 
-@pytest.mark.parametrize("detector_kind,hidden", [("metric", -1), ("conv", 8)])
-def test_metric_hidden_is_a_count_for_the_metric_detector(detector_kind, hidden):
-    config = get_config("default")
-    config.stage2.metric_hidden = 8
-    config_lib.validate(config)  # the default's detector is the metric one
-    config.stage2.detector, config.stage2.metric_hidden = detector_kind, hidden
-    with pytest.raises(ConfigError, match=rf"config.stage2.metric_hidden={hidden}.*stage2.detector='metric'"):
-        config_lib.validate(config)
-
-
 def test_position_labels_need_the_metric_detector():
     config = get_config("default")
     config.stage2.position_labels = True

@@ -114,14 +114,12 @@ def test_no_memory_fit_leaves_the_frozen_variables_alone(tiny_config, random_ima
     assert stage2.fit_memory(config, model, frozen, images, mesh) is frozen
 
 
-@pytest.mark.parametrize("metric_hidden", [0, 7])
-def test_metric_detector_starts_as_the_memory_energy(metric_hidden):
-    """Identity at initialisation (the residual branch's output zero) and centre 0: the
-    distance is mean_hw ||D[h, w]||^2 (A0)."""
+def test_metric_detector_starts_as_the_memory_energy():
+    """Identity at initialisation and centre 0: the distance is mean_hw ||D[h, w]||^2 (A0)."""
     rng = np.random.default_rng(4)
     deviations = {"scale2": jnp.asarray(rng.normal(size=(3, 4, 4, 5)), jnp.float32),
                   "scale3": jnp.asarray(rng.normal(size=(3, 2, 2, 6)), jnp.float32)}
-    det = detector.MultiScaleDetector(("scale2", "scale3"), kind="metric", metric_hidden=metric_hidden)
+    det = detector.MultiScaleDetector(("scale2", "scale3"), kind="metric")
     assert det.zero_centre
     params = init_variables(det, jax.random.key(0), deviations)
     embeddings = det.apply(params, deviations)
@@ -135,27 +133,9 @@ def test_metric_detector_starts_as_the_memory_energy(metric_hidden):
     assert all(float(jnp.max(jnp.abs(v))) == 0.0 for v in zero.values())
 
 
-def test_metric_detector_residual_branch_matches_a_float64_reference():
-    """With random weights: phi(D) = D W + relu(D U) V at every position, flattened and
-    scaled so that ||phi||^2 is the mean over positions; still 0 at D = 0 (no biases)."""
-    rng = np.random.default_rng(6)
-    d = rng.normal(size=(2, 3, 3, 5))
-    det = detector.MultiScaleDetector(("scale2",), kind="metric", metric_hidden=4)
-    params = init_variables(det, jax.random.key(0), {"scale2": jnp.asarray(d, jnp.float32)})
-    params = jax.tree.map(lambda k: jnp.asarray(rng.normal(size=k.shape), jnp.float32), params)
-    got = np.asarray(det.apply(params, {"scale2": jnp.asarray(d, jnp.float32)})["scale2"], np.float64)
-    p = {k: np.asarray(v["kernel"], np.float64)[0, 0] for k, v in params["params"]["detector_scale2"].items()}
-    want = d @ p["metric"] + np.maximum(d @ p["residual_in"], 0.0) @ p["residual_out"]
-    np.testing.assert_allclose(got, want.reshape(2, -1) / 3.0, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(np.sum(got ** 2, -1), np.mean(np.sum(want ** 2, -1), axis=(1, 2)), rtol=1e-5)
-    zero = det.apply(params, {"scale2": jnp.zeros((1, 3, 3, 5))})["scale2"]
-    assert float(jnp.max(jnp.abs(zero))) == 0.0
-
-
-@pytest.mark.parametrize("metric_hidden", [0, 4])
-def test_metric_detector_has_zero_centres_and_learns(tiny_config, random_images, tmp_path, metric_hidden):
+def test_metric_detector_has_zero_centres_and_learns(tiny_config, random_images, tmp_path):
     config = tiny_config(**{"stage2.detector": "metric", "stage2.synthetic_anomalies": ("cutpaste",),
-                            "stage2.epochs": 2, "stage2.learning_rate": 1e-2, "stage2.metric_hidden": metric_hidden})
+                            "stage2.epochs": 2, "stage2.learning_rate": 1e-2})
     images = random_images(16)
     mesh = parallel.make_mesh(jax.devices()[:1])
     model, frozen = untrained_stage1(config, images, mesh)
@@ -166,8 +146,6 @@ def test_metric_detector_has_zero_centres_and_learns(tiny_config, random_images,
         assert not np.any(np.asarray(state.centers[name]))
         kernel = np.asarray(state.params["params"][f"detector_{name}"]["metric"]["kernel"])[0, 0]
         assert not np.allclose(kernel, np.eye(kernel.shape[0]))  # trained away from the identity
-        if metric_hidden:  # the residual branch, zero at initialisation, learned too
-            assert np.any(np.asarray(state.params["params"][f"detector_{name}"]["residual_out"]["kernel"]))
 
 
 def test_metric_detector_per_position_distances_match_a_float64_reference(tiny_config, random_images):

@@ -11,9 +11,6 @@ deviation map that starts as the memory's energy A0 (mean_hw ||D_s||^2); Deep SA
 shrinks the directions normal images deviate along and stretches those of the labelled
 (or synthetic) anomalies. It keeps every position (experiments/results/
 fashion_mnist_memory_fit.md: why it replaced the CNN in the chosen method).
-With `stage2.metric_hidden` > 0 a bias-free residual branch V relu(U D) is added at every
-position, V zero at initialisation: it still starts as A0 and keeps phi_s(0) = 0, and can
-bend the metric where a linear map cannot separate few labelled anomalies.
 """
 
 from __future__ import annotations
@@ -52,20 +49,13 @@ def _identity(key, shape, dtype=jnp.float32):
 
 
 class MetricDetector(nn.Module):
-    """W D at every position (bias-free 1x1 conv, identity at initialisation), plus
-    V relu(U D) when `hidden` > 0 (V zero at initialisation), flattened and scaled by
-    1/sqrt(H W): the squared norm of the output is mean_hw ||phi(D[h, w])||^2."""
-
-    hidden: int = 0
+    """W D at every position (bias-free 1x1 conv, identity at initialisation), flattened
+    and scaled by 1/sqrt(H W): the squared norm of the output is mean_hw ||W D[h, w]||^2."""
 
     @nn.compact
     def __call__(self, deviation: jnp.ndarray) -> jnp.ndarray:
         channels, positions = deviation.shape[-1], deviation.shape[1] * deviation.shape[2]
         x = nn.Conv(channels, (1, 1), use_bias=False, kernel_init=_identity, name="metric")(deviation)
-        if self.hidden:
-            h = nn.relu(nn.Conv(self.hidden, (1, 1), use_bias=False, name="residual_in")(deviation))
-            x = x + nn.Conv(channels, (1, 1), use_bias=False, kernel_init=nn.initializers.zeros,
-                            name="residual_out")(h)
         return x.reshape(x.shape[0], -1) / jnp.sqrt(float(positions))
 
 
@@ -84,7 +74,6 @@ class MultiScaleDetector(nn.Module):
     embed_dim: int = 32
     pooling: str = "mean"
     kind: str = "conv"
-    metric_hidden: int = 0
 
     @property
     def zero_centre(self) -> bool:
@@ -94,13 +83,11 @@ class MultiScaleDetector(nn.Module):
     @nn.compact
     def __call__(self, deviations: dict[str, jnp.ndarray]) -> dict[str, jnp.ndarray]:
         if self.kind == "metric":
-            return {s: MetricDetector(self.metric_hidden, name=f"detector_{s}")(deviations[s]) for s in self.scale_names}
+            return {s: MetricDetector(name=f"detector_{s}")(deviations[s]) for s in self.scale_names}
         return {s: DeviationDetector(self.hidden, self.embed_dim, self.pooling, name=f"detector_{s}")(deviations[s])
                 for s in self.scale_names}
 
 
 def make_detector(scale_names: Sequence[str], stage2: Any) -> MultiScaleDetector:
-    """The detectors a config's `stage2` section (detector, hidden, embed_dim, pooling, metric_hidden)
-    describes."""
-    return MultiScaleDetector(tuple(scale_names), stage2.hidden, stage2.embed_dim, stage2.pooling, stage2.detector,
-                              stage2.metric_hidden)
+    """The detectors a config's `stage2` section (detector, hidden, embed_dim, pooling) describes."""
+    return MultiScaleDetector(tuple(scale_names), stage2.hidden, stage2.embed_dim, stage2.pooling, stage2.detector)

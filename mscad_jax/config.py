@@ -145,6 +145,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.score_weights = ()  # w_s per configured scale for the final score; () = all 1.
     c.eval.detector_weights = ()  # w_s per configured scale for the detector scorer and the localisation maps; () = eval.score_weights.
     c.eval.scorer = ("detector",)  # Standardised scorers summed into the score; see mscad_jax.scoring.spec.SCORERS.
+    c.eval.scorer_candidates = ()  # Other '+'-joined scorer sets; evaluation keeps the one of eval.scorer and these with the best validation AUROC (needs validation.fraction > 0).
     c.eval.knn_k = 5  # Neighbours of the knn scorer (distance of its feature vectors to normal training images).
     c.eval.knn_metric = "cosine"  # knn distance: cosine (L2-normalised vectors) | euclidean (raw vectors: keeps their norm).
     c.eval.knn_pooling = "mean"  # knn vectors: mean (GAP of each scale) | flatten (keeps where each feature is).
@@ -347,6 +348,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     _check_model(config.model, config.image_size)
     _check_stages(config)
     scoring_spec.check_eval_section(config.eval, config.model, config.stage2.detector, _fail)
+    if len(scoring_spec.scorer_candidates(config)) > 1 and not config.validation.fraction:
+        _fail("eval.scorer_candidates", config.eval.scorer_candidates,
+              "the choice is made on the validation split: set validation.fraction > 0, or () for eval.scorer alone")
     if config.eval.batch_size <= 0:
         _fail("eval.batch_size", config.eval.batch_size, "must be positive")
     if num_devices is not None:

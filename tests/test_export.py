@@ -406,3 +406,43 @@ def test_a_map_memory_job_exports_the_scores_and_maps_it_was_evaluated_with(tmp_
     rows = _read_csv(os.path.join(workdir, "scores.csv"))
     np.testing.assert_allclose(out["score"], [float(r["score"]) for r in rows], rtol=1e-5, atol=1e-5)
     assert metrics.pixel_auroc(out["map"], data.test_masks) == pytest.approx(results["pixel_auroc"], abs=1e-6)
+
+
+def test_a_scorer_chosen_on_validation_is_the_one_the_model_exports(tmp_path, monkeypatch):
+    """With eval.scorer_candidates the job reports every candidate's validation AUROC (the
+    same as recomputed from validation_scores.csv) and keeps the chosen one: the results,
+    the saved spec and the exported scores all use it. The choice is forced to the last
+    candidate here so that the path where it leaves eval.scorer always runs."""
+    from mscad_jax import evaluate
+    real = evaluate.choose_scorers
+    forced = {}
+
+    def last_candidate(by_scorer, stats, candidates, labels):
+        _, aurocs = real(by_scorer, stats, candidates, labels)
+        forced["stats"] = stats
+        return tuple(candidates[-1]), aurocs
+
+    monkeypatch.setattr(evaluate, "choose_scorers", last_candidate)
+    config = config_lib.chosen_method(make_tiny_config(dataset="digits", normal_class=0))
+    config.validation.fraction = 0.2
+    config.eval.plots = False
+    config.eval.scorer_candidates = ("detector", "a0+rotation")
+    workdir, artifact = str(tmp_path / "run"), str(tmp_path / "model")
+    results = train.train_and_evaluate(config, workdir)
+    assert results["scorer"] == "a0+rotation" and results["scorer_selection"]["chosen"] == "a0+rotation"
+    assert set(results["scorer_selection"]["validation_auroc"]) == {"detector+rotation", "detector", "a0+rotation"}
+    rows = _read_csv(os.path.join(workdir, "validation_scores.csv"))
+    labels = np.array([int(r["is_anomaly"]) for r in rows])
+    for name, auroc in results["scorer_selection"]["validation_auroc"].items():
+        fused = sum((np.array([float(r[s]) for r in rows]) - forced["stats"][s][0]) / forced["stats"][s][1]
+                    for s in name.split("+"))
+        assert metrics.image_metrics(fused, labels)["auroc"] == pytest.approx(auroc, abs=1e-5), name
+    _, spec = scoring_state.load(os.path.join(workdir, "scorer"))
+    assert spec.scorers == ("a0", "rotation")
+    export.export(workdir, artifact, ["cpu"])
+    out = exported.load(artifact).score(protocols.build_protocol(config).test_images)
+    test_rows = _read_csv(os.path.join(workdir, "scores.csv"))
+    np.testing.assert_allclose(out["score"], [float(r["score"]) for r in test_rows], rtol=1e-5, atol=1e-5)
+    a0, rotation = (np.array([float(r[c]) for r in test_rows]) for c in ("a0", "rotation"))
+    want = sum((v - forced["stats"][s][0]) / forced["stats"][s][1] for s, v in (("a0", a0), ("rotation", rotation)))
+    np.testing.assert_allclose(out["score"], want, rtol=1e-4, atol=1e-4)

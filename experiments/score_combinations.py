@@ -16,13 +16,6 @@ alone, `detector/scale2+detector/scale3`, ranks as the job's detector with those
 `eval.detector_weights`. The table shows, per combination, the ten-class mean on
 validation and on test (mean over seeds, and the sample std over seeds of that
 ten-class mean), the worst class and how many classes sit below their floor.
-
-`--select` adds the row of `eval.scorer_candidates` (the first combination plays
-`eval.scorer`): per run, test is the combination the job keeps, the one best on the whole
-validation split; val is cross-fitted so that it is not optimistic: the validation split is
-cut in two stratified halves, the choice made on one is measured on the other against the
-first combination on the same half, and that mean difference is added to the first
-combination's validation AUROC.
 """
 
 from __future__ import annotations
@@ -44,8 +37,6 @@ _COMBOS = flags.DEFINE_list("combos", ["detector+rotation", "detector+a0+rotatio
                             "Scorer sums to compare, e.g. detector+rotation.")
 _OUT = flags.DEFINE_string("out", None, "Also write the table here.")
 _CLASSES = flags.DEFINE_list("classes", None, "Only these classes (default: every finished run's).")
-_SELECT = flags.DEFINE_list("select", None, "Candidates of eval.scorer_candidates, the first as eval.scorer: "
-                            "adds the row of the score chosen per run on validation.")
 
 RUN_NAME = re.compile(r"^class(\d+)(?:_seed(\d+))?(?:_known(\d+))?$")
 SPLITS = {"val": ("validation_scores.csv", "validation.auroc_pixel_knn_floor"),
@@ -76,30 +67,6 @@ def combination_auroc(columns: dict[str, np.ndarray], scorer_stats: dict[str, di
     return metrics.image_metrics(score, columns["is_anomaly"])["auroc"]
 
 
-def selection_aurocs(columns: dict[str, dict[str, np.ndarray]], stats: dict[str, dict[str, float]],
-                     candidates: list[list[str]], seed: int = 0) -> dict[str, float]:
-    """{'val': cross-fitted validation AUROC, 'test': test AUROC} of the score the job keeps with these
-    `eval.scorer_candidates` (module docstring); `columns` holds the 'val' and 'test' splits' columns."""
-
-    def choose(rows: np.ndarray) -> list[str]:  # the job's rule: the best, a tie to the earlier (max keeps the first)
-        fit_columns = {k: v[rows] for k, v in columns["val"].items()}
-        return max(candidates, key=lambda c: combination_auroc(fit_columns, stats, c))
-
-    labels = columns["val"]["is_anomaly"]
-    first = np.zeros(len(labels), bool)
-    rng = np.random.default_rng(seed)
-    for label in (0, 1):  # stratified: each half holds half the normals and half the anomalies
-        rows = rng.permutation(np.flatnonzero(labels == label))
-        first[rows[: len(rows) // 2]] = True
-    gains = []
-    for fit, held in ((first, ~first), (~first, first)):
-        held_columns = {k: v[held] for k, v in columns["val"].items()}
-        gains.append(combination_auroc(held_columns, stats, choose(fit))
-                     - combination_auroc(held_columns, stats, candidates[0]))
-    return {"val": combination_auroc(columns["val"], stats, candidates[0]) + float(np.mean(gains)),
-            "test": combination_auroc(columns["test"], stats, choose(np.ones(len(labels), bool)))}
-
-
 def run_statistics(run: str, results: dict) -> dict[str, dict[str, float]]:
     """The job's per-scorer statistics (results.json), and each scale's (scorer/arrays.npz) where the run kept them."""
     stats = dict(results["scorer_stats"])
@@ -111,8 +78,7 @@ def run_statistics(run: str, results: dict) -> dict[str, dict[str, float]]:
     return stats
 
 
-def collect(workdir: str, combos: list[list[str]],
-            select: list[list[str]] | None = None) -> dict[tuple[int, int], dict[str, float]]:
+def collect(workdir: str, combos: list[list[str]]) -> dict[tuple[int, int], dict[str, float]]:
     """(class, seed) -> {'<split> <combo>': AUROC, '<split> floor': floor} for every finished run; the runs of one
     class and seed with different known anomaly classes (`sweep_classes.py --known_per_class`, `..._known<j>`)
     are averaged, as that sweep's table averages them."""
@@ -126,19 +92,13 @@ def collect(workdir: str, combos: list[list[str]],
             results = json.load(f)
         row = {}
         stats = run_statistics(run, results)
-        columns = {split: read_columns(os.path.join(run, csv_name)) for split, (csv_name, _) in SPLITS.items()}
-        for split, (_, floor_key) in SPLITS.items():
+        for split, (csv_name, floor_key) in SPLITS.items():
+            columns = read_columns(os.path.join(run, csv_name))
             row[f"{split} floor"] = report.lookup(results, floor_key)
             for combo in combos:
-                row[f"{split} {'+'.join(combo)}"] = combination_auroc(columns[split], stats, combo)
-        if select:
-            row |= {f"{split} {selection_name(select)}": v for split, v in selection_aurocs(columns, stats, select).items()}
+                row[f"{split} {'+'.join(combo)}"] = combination_auroc(columns, stats, combo)
         out.setdefault((int(match.group(1)), int(match.group(2) or 0)), []).append(row)
     return {key: {col: _mean([r[col] for r in rows]) for col in rows[0]} for key, rows in out.items()}
-
-
-def selection_name(candidates: list[list[str]]) -> str:
-    return "chosen on validation: " + " | ".join("+".join(c) for c in candidates)
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -150,8 +110,7 @@ def summary_rows(runs: dict[tuple[int, int], dict[str, float]], combos: list[lis
     seeds = sorted({s for _, s in runs})
     complete = [s for s in seeds if all((k, s) in runs for k in classes)]  # a mean needs every class
     rows = []
-    selected = [c[len("val "):] for c in next(iter(runs.values())) if c.startswith("val chosen on validation")]
-    for combo in list(map("+".join, combos)) + selected:
+    for combo in map("+".join, combos):
         row = {"score": combo}
         for split in SPLITS:
             class_means = {k: np.mean([runs[(k, s)][f"{split} {combo}"] for s in seeds if (k, s) in runs])
@@ -170,8 +129,7 @@ def summary_rows(runs: dict[tuple[int, int], dict[str, float]], combos: list[lis
 def main(argv):
     del argv
     combos = [c.split("+") for c in _COMBOS.value]
-    select = [c.split("+") for c in _SELECT.value] if _SELECT.value else None
-    runs = collect(_WORKDIR.value, combos, select)
+    runs = collect(_WORKDIR.value, combos)
     if _CLASSES.value:
         runs = {key: row for key, row in runs.items() if str(key[0]) in _CLASSES.value}
     if not runs:

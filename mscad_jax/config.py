@@ -47,6 +47,9 @@ RETIRED_FIELDS = (
     # unbalanced score while the detector alone lost (fashion_mnist_unbalanced_levers.md,
     # "Residual branch").
     "stage2.metric_hidden",
+    # Issue 26: the score chosen per run on validation gained within noise while the detector
+    # stayed in it (experiments/results/fashion_mnist_scorer_selection.md).
+    "eval.scorer_candidates",
 )
 
 
@@ -145,7 +148,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.score_weights = ()  # w_s per configured scale for the final score; () = all 1.
     c.eval.detector_weights = ()  # w_s per configured scale for the detector scorer and the localisation maps; () = eval.score_weights.
     c.eval.scorer = ("detector",)  # Standardised scorers summed into the score; see mscad_jax.scoring.spec.SCORERS.
-    c.eval.scorer_candidates = ()  # Other '+'-joined scorer sets; evaluation keeps the one of eval.scorer and these with the best validation AUROC (needs validation.fraction > 0).
     c.eval.knn_k = 5  # Neighbours of the knn scorer (distance of its feature vectors to normal training images).
     c.eval.knn_metric = "cosine"  # knn distance: cosine (L2-normalised vectors) | euclidean (raw vectors: keeps their norm).
     c.eval.knn_pooling = "mean"  # knn vectors: mean (GAP of each scale) | flatten (keeps where each feature is).
@@ -348,9 +350,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     _check_model(config.model, config.image_size)
     _check_stages(config)
     scoring_spec.check_eval_section(config.eval, config.model, config.stage2.detector, _fail)
-    if len(scoring_spec.scorer_candidates(config)) > 1 and not config.validation.fraction:
-        _fail("eval.scorer_candidates", config.eval.scorer_candidates,
-              "the choice is made on the validation split: set validation.fraction > 0, or () for eval.scorer alone")
     if config.eval.batch_size <= 0:
         _fail("eval.batch_size", config.eval.batch_size, "must be positive")
     if num_devices is not None:

@@ -15,7 +15,6 @@ here and saved to WORKDIR/scorer for `mscad_jax.export`.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from typing import Any, Callable
@@ -34,7 +33,6 @@ from mscad_jax.scoring import fusion, knn
 from mscad_jax.scoring import function as scoring
 from mscad_jax.scoring import spec as scoring_spec
 from mscad_jax.scoring import state as scoring_state
-from mscad_jax.scoring.selection import choose_scorers
 
 # Normal training images used to measure mu_s, sigma_s (a seeded subset when larger).
 MAX_STATS_EXAMPLES = 10000
@@ -78,30 +76,11 @@ def evaluate(config: ml_collections.ConfigDict, data: protocols.ProtocolData, mo
     train = score_images(raw_jit, (variables["frozen"], variables["detector"], variables["centers"]), normal_train,
                          config.eval.batch_size, mesh, keep_maps=False)
     state, spec = scoring.fit(train, variables, spec, normal_images=normal_train)
+    score_jit = parallel.jit_over_batch(scoring.make_scorer(model, det, spec), mesh, 1)
     # One copy of the state on the devices for every split (the bank is most of it); the
     # threshold fields set below are not read by the scoring function.
     on_devices = parallel.replicate(state, mesh)
-
-    def scorer_for(spec: scoring_spec.ScorerSpec) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
-        score_jit = parallel.jit_over_batch(scoring.make_scorer(model, det, spec), mesh, 1)
-        return lambda images: score_images(score_jit, (on_devices,), images, config.eval.batch_size, mesh)
-
-    score = scorer_for(spec)
-    candidates = scoring_spec.scorer_candidates(config)
-    selection = None
-    if len(candidates) > 1:
-        if data.validation is None:
-            raise ValueError("eval.scorer_candidates: this protocol built no validation split to choose on "
-                             "(validation.fraction > 0 holds out normals; anomalies come from the train split)")
-        held = score(data.validation.images)
-        chosen, aurocs = choose_scorers({s: held[f"score/{s}"] for s in spec.available},
-                                        state["scorer_stats"], candidates, data.validation.labels)
-        selection = {"validation_auroc": aurocs, "chosen": "+".join(chosen)}
-        logging.info("scorer chosen on validation: %s (%s)", selection["chosen"],
-                     ", ".join(f"{k} {v:.4f}" for k, v in aurocs.items()))
-        if chosen != spec.scorers:
-            spec = dataclasses.replace(spec, scorers=chosen)
-            score = scorer_for(spec)
+    score = lambda images: score_images(score_jit, (on_devices,), images, config.eval.batch_size, mesh)  # noqa: E731
     score(data.test_images[:1])  # compiles, so that the rate below is scoring alone
     start = time.perf_counter()
     test = score(data.test_images)
@@ -136,8 +115,6 @@ def evaluate(config: ml_collections.ConfigDict, data: protocols.ProtocolData, mo
         "normal_class": None if config.protocol == "ood" else (config.normal_class_name or config.normal_class),
         "class_names": None if data.class_names is None else list(data.class_names),
         "scorer": "+".join(spec.scorers),
-        # With eval.scorer_candidates: every candidate's validation AUROC and the one kept.
-        "scorer_selection": selection,
         **split,
         "auroc_pixel_knn_floor": knn.pixel_floor_auroc(normal_train, data.test_images, labels,
                                                        scoring_spec.PIXEL_FLOOR_K) if config.eval.pixel_floor else None,

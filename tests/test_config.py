@@ -160,8 +160,6 @@ INVALID = [
     ("default", "eval.map_source", "pixels"),
     ("default", "eval.detector_pooling", "median"),
     ("default", "stage2.synthetic_anomalies", ("rotation", "blur")),
-    ("default", "eval.scorer_candidates", ("detector", "detector+nearest")),
-    ("default", "eval.scorer_candidates", ("a0+a0",)),
 ]
 
 
@@ -184,18 +182,6 @@ def test_the_spatial_detector_options_need_the_metric_detector(field, value):
     config_lib.validate(config)  # the default's metric detector has a distance per position
     config.stage2.detector = "conv"
     with pytest.raises(ConfigError, match=rf"config.{field}='{value}'.*needs stage2.detector=metric"):
-        config_lib.validate(config)
-
-
-def test_scorer_candidates_need_a_validation_split_and_read_from_the_command_line():
-    config = get_config("default")
-    set_field(config, "eval.scorer_candidates", ("detector+rotation,a0",))  # as a command-line flag gives it
-    config_lib.validate(config)
-    from mscad_jax.scoring import spec as scoring_spec
-    assert scoring_spec.scorer_candidates(config) == (scoring_spec.scorer_names(config.eval.scorer),
-                                                      ("detector", "rotation"), ("a0",))
-    config.validation.fraction = 0.0
-    with pytest.raises(ConfigError, match=r"config.eval.scorer_candidates=.*validation.fraction > 0"):
         config_lib.validate(config)
 
 

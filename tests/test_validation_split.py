@@ -126,17 +126,6 @@ def test_the_job_reports_validation_beside_test_and_sets_the_threshold_on_held_o
     # weights, rank exactly as the job's detector.
     assert run["test " + "+".join(scales)] == pytest.approx(results["auroc_detector"], abs=1e-6)
     assert run["val " + "+".join(scales)] == pytest.approx(v["auroc_detector"], abs=1e-6)
-    # eval.scorer_candidates replayed: test is the AUROC of the combination best on the whole validation split;
-    # val is cross-fitted on halves, so a candidate that ranks exactly as the first (2*knn) changes nothing.
-    select = [["detector", "knn"], ["knn"]]
-    chosen = max(select, key=lambda c: run["val " + "+".join(c)])
-    picked = score_combinations.collect(str(tmp_path), [["knn"]], select)[(3, 0)]
-    name = score_combinations.selection_name(select)
-    assert picked[f"test {name}"] == pytest.approx(run["test " + "+".join(chosen)], abs=1e-9)
-    tie = score_combinations.collect(str(tmp_path), [["knn"]], [["knn"], ["2*knn"]])[(3, 0)]
-    name = score_combinations.selection_name([["knn"], ["2*knn"]])
-    assert tie[f"val {name}"] == pytest.approx(run["val knn"], abs=1e-12)
-    assert tie[f"test {name}"] == pytest.approx(run["test knn"], abs=1e-12)
     # A weighted term: the standardised kNN score weighed half beside the detector.
     columns = score_combinations.read_columns(str(tmp_path / "class3" / "scores.csv"))
     z = {s: (columns[s] - results["scorer_stats"][s]["mean"]) / results["scorer_stats"][s]["std"] for s in ("detector", "knn")}

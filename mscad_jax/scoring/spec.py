@@ -75,24 +75,6 @@ def scorer_names(entries) -> tuple[str, ...]:
     return tuple(name for entry in entries for name in str(entry).split("+") if name)
 
 
-def candidate_entries(value) -> list[str]:
-    """The entries of `eval.scorer_candidates`: a flag's 'detector,a0+rotation' arrives as
-    one string (or a tuple holding it), so entries are also split at commas."""
-    return [part.strip() for entry in ([value] if isinstance(value, str) else value)
-            for part in str(entry).split(",") if part.strip()]
-
-
-def scorer_candidates(config) -> tuple[tuple[str, ...], ...]:
-    """`eval.scorer` followed by the distinct sets of `eval.scorer_candidates` (each
-    '+'-joined); just `eval.scorer` when there are no candidates."""
-    out = [scorer_names(config.eval.scorer)]
-    for entry in candidate_entries(config.eval.scorer_candidates):
-        scorers = scorer_names([entry])
-        if scorers and scorers not in out:
-            out.append(scorers)
-    return tuple(out)
-
-
 def from_config(config) -> ScorerSpec:
     """The spec a config asks for (`available` is filled in by fitting)."""
     names = scale_names(config.model.scales)
@@ -113,14 +95,6 @@ def check_eval_section(ev, model, detector: str, fail) -> None:
         fail("eval.scorer", scorers, f"distinct names from {', '.join(SCORERS)}, joined with '+'")
     if "rotation" in scorers and not model.rotation_head:
         fail("eval.scorer", scorers, "the rotation scorer needs model.rotation_head=True")
-    for entry in candidate_entries(ev.scorer_candidates):
-        candidate = scorer_names([entry])
-        if not candidate or len(set(candidate)) != len(candidate) or not set(candidate) <= set(SCORERS):
-            fail("eval.scorer_candidates", ev.scorer_candidates,
-                 f"{entry!r}: each entry names distinct scorers from {', '.join(SCORERS)}, joined with '+'")
-        if "rotation" in candidate and not model.rotation_head:
-            fail("eval.scorer_candidates", ev.scorer_candidates,
-                 f"{entry!r}: the rotation scorer needs model.rotation_head=True")
     if ev.knn_pooling not in KNN_POOLINGS:
         fail("eval.knn_pooling", ev.knn_pooling, f"allowed: {', '.join(KNN_POOLINGS)}")
     if ev.knn_metric not in KNN_METRICS:

@@ -92,20 +92,22 @@ def test_whole_job_on_two_processes_matches_one_process_with_four_devices(tmp_pa
     for name, stat in one["score_stats"].items():
         for k in ("mean", "std"):
             assert two["score_stats"][name][k] == pytest.approx(stat[k], rel=1e-4, abs=1e-6), (name, k)
-    # Per image, scores agree to 1e-4, except that the fused detector and A0 columns (and
-    # the score, the detector here) move
-    # on a few images: they divide by the spread of scale 2's scores, which is tiny in this
-    # untrained width-4 encoder, and the order of float reductions follows the device count
-    # (one process with one or two devices disagrees with four as much as two processes
-    # do): experiments/results/multihost_agreement.md, 97.4-100% of images per column.
+    # Per image, scores agree to 1e-4, except that the columns with scale 2 in them (its detector
+    # and A0, their fused columns and the score, the detector here) move further on some images:
+    # they divide by the spread of scale 2's scores, which is tiny in this untrained width-4
+    # encoder, and the order of float reductions follows the device count (one process with one
+    # or two devices disagrees with four as much as two processes do;
+    # experiments/results/multihost_agreement.md: 97.4-100% of images per column within 1e-4 on
+    # one CPU; 39-87% within 1e-4 and 100% within 1e-3 on another, an AMD EPYC, 2026-12-07).
     header, a = _scores(tmp_path / "one" / "scores.csv")
     header_two, b = _scores(tmp_path / "two" / "scores.csv")
     assert header == header_two
-    close = np.abs(a - b) <= 1e-4 * (np.abs(a) + a.std(axis=0) + 1e-12)  # z-scores cross 0: scale by spread too
-    # The default score is the fused detector (configs/default.py), so it moves with it.
+    spread = np.abs(a) + a.std(axis=0) + 1e-12  # z-scores cross 0: scale by spread too
+    close = np.abs(a - b) <= 1e-4 * spread
     exact = [h for h in header if h in ("knn", "rotation") or h.endswith(("scale3", "scale4"))]
     assert all(close[:, header.index(h)].all() for h in exact), [h for h in exact if not close[:, header.index(h)].all()]
-    assert all(close[:, header.index(h)].mean() >= 0.95 for h in header), dict(zip(header, close.mean(axis=0)))
+    near = (np.abs(a - b) <= 1e-3 * spread).mean(axis=0)
+    assert (near == 1.0).all(), dict(zip(header, near))
     # So rank metrics over scores that include scale 2 may move by a pair or two.
     for key in ("auroc", "aupr", "fpr95", "auroc_detector", "auroc_a0"):
         assert two[key] == pytest.approx(one[key], abs=2e-3), key

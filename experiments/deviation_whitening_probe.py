@@ -15,20 +15,13 @@ sums them. No detector is trained. Table: experiments/results/fashion_mnist_devi
 
 from __future__ import annotations
 
-import json
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
-from clu import metric_writers
 from sklearn.metrics import roc_auc_score
 
-import memory_fit_lab  # noqa: F401 (its --workdir flag and feature extraction)
-from mscad_jax import config as config_lib
-from mscad_jax import parallel, stage1
-from mscad_jax.data import protocols
+import memory_fit_lab  # its --workdir flag, the finished job's loading and feature extraction
 from mscad_jax.models import anomem, fitted_memory
 
 _SHRINKAGE = flags.DEFINE_list("shrinkage", ["0.01", "0.1", "1"], "Shrinkage s of C + s tr(C)/c I.")
@@ -56,14 +49,8 @@ def energy(d: np.ndarray, whitening: np.ndarray | None) -> np.ndarray:
 def main(argv):
     del argv
     workdir = memory_fit_lab._WORKDIR.value
-    with open(os.path.join(workdir, "config.json")) as f:
-        config = config_lib.from_json(json.load(f))
-    mesh = parallel.make_mesh()
-    data = protocols.build_protocol(config)
+    config, data, model, frozen, mesh = memory_fit_lab.load_finished_job(workdir)
     normal = ~data.train_labelled_anomaly
-    model, s1 = stage1.train(config, data.train_images[normal], data.train_labelled_anomaly[normal], workdir, mesh,
-                             metric_writers.LoggingWriter(), restore_only=True)
-    frozen = {"params": s1.params, "batch_stats": s1.batch_stats}
     names = anomem.scale_names(model.scales)
     train = memory_fit_lab.features(model, frozen, data.train_images[normal], mesh)
     splits = {"val": (memory_fit_lab.features(model, frozen, data.validation.images, mesh), data.validation.labels),

@@ -63,9 +63,9 @@ def fused_auroc(train: dict[str, np.ndarray], val: dict[str, np.ndarray], labels
     return roc_auc_score(labels, sum((val[n] - train[n].mean()) / train[n].std() for n in val))
 
 
-def main(argv):
-    del argv
-    workdir = _WORKDIR.value
+def load_finished_job(workdir: str):
+    """(config, protocol data, model, frozen stage-1 variables, mesh) of a workdir whose stage 1
+    is finished and which has a validation split."""
     with open(os.path.join(workdir, "config.json")) as f:
         config = config_lib.from_json(json.load(f))
     if config.validation.fraction <= 0:
@@ -75,7 +75,14 @@ def main(argv):
     normal = ~data.train_labelled_anomaly
     model, s1 = stage1.train(config, data.train_images[normal], data.train_labelled_anomaly[normal], workdir, mesh,
                              metric_writers.LoggingWriter(), restore_only=True)
-    frozen = {"params": s1.params, "batch_stats": s1.batch_stats}
+    return config, data, model, {"params": s1.params, "batch_stats": s1.batch_stats}, mesh
+
+
+def main(argv):
+    del argv
+    workdir = _WORKDIR.value
+    config, data, model, frozen, mesh = load_finished_job(workdir)
+    normal = ~data.train_labelled_anomaly
     names = anomem.scale_names(model.scales)
     train = features(model, frozen, data.train_images[normal], mesh)
     val = features(model, frozen, data.validation.images, mesh)

@@ -1,7 +1,7 @@
 """Does a Mahalanobis metric on the deviation maps beat the memory's energy A0?
 
-For a finished job (stage 1 done), fits the default per-position memory
-(`stage2.memory_fit=kmeans`, the job's slots, beta and seeds) to the normal training
+For a finished job (stage 1 done), fits the job's memory as the job fits it
+(`stage2.fit_memory`: the default per-position k-means memory) to the normal training
 images' frozen features, then scores validation and test by A0 (mean_hw ||D_s||^2) and by
 whitened energies mean_hw ||C^-1/2 D_s||^2, C the normal deviations' second moment
 shrunk towards its mean eigenvalue (C + s tr(C)/c I): one C per scale (what the metric
@@ -15,21 +15,16 @@ sums them. No detector is trained. Table: experiments/results/fashion_mnist_devi
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 from sklearn.metrics import roc_auc_score
 
 import memory_fit_lab  # its --workdir flag, the finished job's loading and feature extraction
-from mscad_jax.models import anomem, fitted_memory
+from mscad_jax import stage2
+from mscad_jax.data import input_pipeline
+from mscad_jax.models import anomem
 
 _SHRINKAGE = flags.DEFINE_list("shrinkage", ["0.01", "0.1", "1"], "Shrinkage s of C + s tr(C)/c I.")
-
-
-def deviations(feats: np.ndarray, slots: np.ndarray, beta: float, kind: str) -> np.ndarray:
-    fn = jax.jit(lambda f: anomem.deviation_map(f, fitted_memory.retrieve(f, slots, jnp.float32(beta))[0], kind))
-    return np.concatenate([np.asarray(fn(jnp.asarray(feats[i:i + 500]))) for i in range(0, len(feats), 500)])
 
 
 def inverse_sqrt(c: np.ndarray, shrinkage: float) -> np.ndarray:
@@ -52,16 +47,19 @@ def main(argv):
     config, data, model, frozen, mesh = memory_fit_lab.load_finished_job(workdir)
     normal = ~data.train_labelled_anomaly
     names = anomem.scale_names(model.scales)
-    train = memory_fit_lab.features(model, frozen, data.train_images[normal], mesh)
-    splits = {"val": (memory_fit_lab.features(model, frozen, data.validation.images, mesh), data.validation.labels),
-              "test": (memory_fit_lab.features(model, frozen, data.test_images, mesh), data.test_labels)}
-    s2 = config.stage2
+    fitted = stage2.fit_memory(config, model, frozen, data.train_images[normal], mesh)
+
+    def deviation_maps(f, x):
+        return anomem.deviation_maps(anomem.frozen_outputs(model, f, input_pipeline.to_float(x)), names)
+
+    d_train_all = memory_fit_lab.over_images(deviation_maps, fitted, data.train_images[normal], mesh)
+    splits = {"val": (memory_fit_lab.over_images(deviation_maps, fitted, data.validation.images, mesh),
+                      data.validation.labels),
+              "test": (memory_fit_lab.over_images(deviation_maps, fitted, data.test_images, mesh), data.test_labels)}
     scores: dict[tuple[str, str], dict[str, np.ndarray]] = {}
-    for i, n in enumerate(names):
-        slots = fitted_memory.fit_slots(train[n], s2.memory_fit_slots, config.seed + i)
-        d_train = deviations(train[n], slots, s2.memory_fit_beta, config.model.deviation).astype(np.float64)
-        d_split = {k: deviations(v[0][n], slots, s2.memory_fit_beta, config.model.deviation).astype(np.float64)
-                   for k, v in splits.items()}
+    for n in names:
+        d_train = d_train_all[n].astype(np.float64)
+        d_split = {k: v[0][n].astype(np.float64) for k, v in splits.items()}
         shared = np.einsum("nhwc,nhwd->cd", d_train, d_train) / np.prod(d_train.shape[:3])
         per_position = np.einsum("nhwc,nhwd->hwcd", d_train, d_train) / d_train.shape[0]
         variants: dict[str, np.ndarray | None] = {"A0 (identity)": None}

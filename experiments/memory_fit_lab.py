@@ -44,6 +44,11 @@ def features(model, frozen, images: np.ndarray, mesh) -> dict[str, np.ndarray]:
         return {n: out[n]["features"] for n in names} | {
             f"energy/{n}": jnp.mean(jnp.sum(out[n]["deviation"] ** 2, -1), (1, 2)) for n in names}
 
+    return over_images(fn, frozen, images, mesh)
+
+
+def over_images(fn, frozen, images: np.ndarray, mesh) -> dict[str, np.ndarray]:
+    """`fn(frozen, float images) -> {name: [B, ...]}` over every image, batched and jitted once."""
     jitted = parallel.jit_over_batch(fn, mesh, 1)
     chunks: dict[str, list] = {}
     for valid, batch in input_pipeline.eval_batches({"image": images}, 256, mesh):

@@ -19,7 +19,8 @@ import numpy as np
 from absl import app, flags
 from sklearn.metrics import roc_auc_score
 
-import memory_fit_lab  # its --workdir flag, the finished job's loading and feature extraction
+import helpers  # experiments/helpers.py: the finished job's loading and batched scoring
+import memory_fit_lab  # its --workdir flag
 from mscad_jax import stage2
 from mscad_jax.data import input_pipeline
 from mscad_jax.models import anomem
@@ -44,7 +45,7 @@ def energy(d: np.ndarray, whitening: np.ndarray | None) -> np.ndarray:
 def main(argv):
     del argv
     workdir = memory_fit_lab._WORKDIR.value
-    config, data, model, frozen, mesh = memory_fit_lab.load_finished_job(workdir)
+    config, data, model, frozen, mesh = helpers.load_finished_job(workdir)
     normal = ~data.train_labelled_anomaly
     names = anomem.scale_names(model.scales)
     fitted = stage2.fit_memory(config, model, frozen, data.train_images[normal], mesh)
@@ -52,10 +53,10 @@ def main(argv):
     def deviation_maps(f, x):
         return anomem.deviation_maps(anomem.frozen_outputs(model, f, input_pipeline.to_float(x)), names)
 
-    d_train_all = memory_fit_lab.over_images(deviation_maps, fitted, data.train_images[normal], mesh)
-    splits = {"val": (memory_fit_lab.over_images(deviation_maps, fitted, data.validation.images, mesh),
+    d_train_all = helpers.over_images(deviation_maps, fitted, data.train_images[normal], mesh)
+    splits = {"val": (helpers.over_images(deviation_maps, fitted, data.validation.images, mesh),
                       data.validation.labels),
-              "test": (memory_fit_lab.over_images(deviation_maps, fitted, data.test_images, mesh), data.test_labels)}
+              "test": (helpers.over_images(deviation_maps, fitted, data.test_images, mesh), data.test_labels)}
     scores: dict[tuple[str, str], dict[str, np.ndarray]] = {}
     for n in names:
         d_train = d_train_all[n].astype(np.float64)

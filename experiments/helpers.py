@@ -1,15 +1,20 @@
 """Helpers of the experiment scripts (not of the library): how visible a local anomaly
-is, and loss curves from a run's TensorBoard events."""
+is, loss curves from a run's TensorBoard events, and a finished job's frozen stage 1
+loaded and run over images (the probes on finished runs)."""
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from clu import metric_writers
 
-from mscad_jax import metrics
+from mscad_jax import config as config_lib
+from mscad_jax import metrics, parallel, stage1
+from mscad_jax.data import input_pipeline, protocols
 
 
 def local_contrast(clean: Any, corrupted: Any, masks: Any) -> np.ndarray:
@@ -76,3 +81,28 @@ def plot_loss_curves(
     if title:
         ax.set_title(title)
     return plots.save_figure(fig, path)
+
+
+def load_finished_job(workdir: str) -> tuple:
+    """(config, protocol data, model, frozen stage-1 variables, mesh) of a workdir whose stage 1
+    is finished and which has a validation split."""
+    with open(os.path.join(workdir, "config.json")) as f:
+        config = config_lib.from_json(json.load(f))
+    if config.validation.fraction <= 0:
+        raise SystemExit(f"{workdir} has no validation split (validation.fraction=0)")
+    mesh = parallel.make_mesh()
+    data = protocols.build_protocol(config)
+    normal = ~data.train_labelled_anomaly
+    model, s1 = stage1.train(config, data.train_images[normal], data.train_labelled_anomaly[normal], workdir, mesh,
+                             metric_writers.LoggingWriter(), restore_only=True)
+    return config, data, model, {"params": s1.params, "batch_stats": s1.batch_stats}, mesh
+
+
+def over_images(fn: Callable, frozen: Any, images: np.ndarray, mesh: Any) -> dict[str, np.ndarray]:
+    """`fn(frozen, float images) -> {name: [B, ...]}` over every image, batched and jitted once."""
+    jitted = parallel.jit_over_batch(fn, mesh, 1)
+    chunks: dict[str, list] = {}
+    for valid, batch in input_pipeline.eval_batches({"image": images}, 256, mesh):
+        for k, v in parallel.fetch(jitted(frozen, batch["image"])).items():
+            chunks.setdefault(k, []).append(v[:valid])
+    return {k: np.concatenate(v) for k, v in chunks.items()}

@@ -8,29 +8,26 @@ several slot counts and retrieval betas. No detector is trained: this isolates w
 memory contributes (experiments/results/fashion_mnist_memory_fit.md).
 
   TFDS_DATA_DIR=../shared/tensorflow_datasets python experiments/memory_fit_lab.py \
-      --workdir=runs/fmnist/class6 [--slots=8,16,32,64 --betas=20,50,200]
+      --workdir=runs/fmnist/class6 [--slots=8,16,32,64 --betas=20,50,200 --radii=0,1]
 """
 
 from __future__ import annotations
-
-import json
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
-from clu import metric_writers
 from sklearn.metrics import roc_auc_score
 
-from mscad_jax import config as config_lib
-from mscad_jax import parallel, stage1
-from mscad_jax.data import input_pipeline, protocols
+import helpers  # experiments/helpers.py: the finished job's loading and batched scoring
+from mscad_jax.data import input_pipeline
 from mscad_jax.models import anomem, fitted_memory
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A finished job's workdir (stage 1 checkpoint, config.json).")
 _SLOTS = flags.DEFINE_list("slots", ["8", "16", "32", "64"], "Per-position slot counts to fit.")
 _BETAS = flags.DEFINE_list("betas", ["20", "50", "200"], "Retrieval inverse temperatures.")
+_RADII = flags.DEFINE_list("radii", ["0"], "Per-position slots fitted to the features of every position within this "
+                           "many positions (r > 0: a position-tolerant memory of the same size, fitted on 2,000 images).")
 _SHARED_SLOTS = flags.DEFINE_integer("shared_slots", 512, "Slots of the shared (position-blind) k-means memory.")
 flags.mark_flags_as_required(["workdir"])
 
@@ -44,17 +41,16 @@ def features(model, frozen, images: np.ndarray, mesh) -> dict[str, np.ndarray]:
         return {n: out[n]["features"] for n in names} | {
             f"energy/{n}": jnp.mean(jnp.sum(out[n]["deviation"] ** 2, -1), (1, 2)) for n in names}
 
-    return over_images(fn, frozen, images, mesh)
+    return helpers.over_images(fn, frozen, images, mesh)
 
 
-def over_images(fn, frozen, images: np.ndarray, mesh) -> dict[str, np.ndarray]:
-    """`fn(frozen, float images) -> {name: [B, ...]}` over every image, batched and jitted once."""
-    jitted = parallel.jit_over_batch(fn, mesh, 1)
-    chunks: dict[str, list] = {}
-    for valid, batch in input_pipeline.eval_batches({"image": images}, 256, mesh):
-        for k, v in parallel.fetch(jitted(frozen, batch["image"])).items():
-            chunks.setdefault(k, []).append(v[:valid])
-    return {k: np.concatenate(v) for k, v in chunks.items()}
+def neighbourhood(features: np.ndarray, radius: int) -> np.ndarray:
+    """[N, H, W, C] -> [N (2r+1)^2, H, W, C]: each position's features and those of the positions
+    within `radius` of it (edges repeated), as more samples of that position."""
+    h, w = features.shape[1:3]
+    padded = np.pad(features, ((0, 0), (radius, radius), (radius, radius), (0, 0)), mode="edge")
+    return np.concatenate([padded[:, radius + dy:radius + dy + h, radius + dx:radius + dx + w]
+                           for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)])
 
 
 def energy(feats: np.ndarray, slots: np.ndarray, beta: float, deviation: str) -> np.ndarray:
@@ -68,25 +64,10 @@ def fused_auroc(train: dict[str, np.ndarray], val: dict[str, np.ndarray], labels
     return roc_auc_score(labels, sum((val[n] - train[n].mean()) / train[n].std() for n in val))
 
 
-def load_finished_job(workdir: str):
-    """(config, protocol data, model, frozen stage-1 variables, mesh) of a workdir whose stage 1
-    is finished and which has a validation split."""
-    with open(os.path.join(workdir, "config.json")) as f:
-        config = config_lib.from_json(json.load(f))
-    if config.validation.fraction <= 0:
-        raise SystemExit(f"{workdir} has no validation split (validation.fraction=0)")
-    mesh = parallel.make_mesh()
-    data = protocols.build_protocol(config)
-    normal = ~data.train_labelled_anomaly
-    model, s1 = stage1.train(config, data.train_images[normal], data.train_labelled_anomaly[normal], workdir, mesh,
-                             metric_writers.LoggingWriter(), restore_only=True)
-    return config, data, model, {"params": s1.params, "batch_stats": s1.batch_stats}, mesh
-
-
 def main(argv):
     del argv
     workdir = _WORKDIR.value
-    config, data, model, frozen, mesh = load_finished_job(workdir)
+    config, data, model, frozen, mesh = helpers.load_finished_job(workdir)
     normal = ~data.train_labelled_anomaly
     names = anomem.scale_names(model.scales)
     train = features(model, frozen, data.train_images[normal], mesh)
@@ -116,12 +97,14 @@ def main(argv):
         shared_val[n] = energy(val[n], slots, 50.0, config.model.deviation)
     report(f"k-means, {_SHARED_SLOTS.value} slots shared by all positions, beta 50", shared_train, shared_val)
     for k in map(int, _SLOTS.value):
-        slots = {n: fitted_memory.fit_slots(train[n], k, seed=i) for i, n in enumerate(names)}
-        for beta in map(float, _BETAS.value):
-            report(f"k-means, {k} slots per position, beta {beta:g}",
-                   {n: energy(train[n][sub], slots[n], beta, config.model.deviation) for n in names},
-                   {n: energy(val[n], slots[n], beta, config.model.deviation) for n in names})
-
+        for r in map(int, _RADII.value):
+            fit = {n: train[n] if r == 0 else neighbourhood(train[n][sub], r) for n in names}
+            slots = {n: fitted_memory.fit_slots(fit[n], k, seed=i) for i, n in enumerate(names)}
+            for beta in map(float, _BETAS.value):
+                report(f"k-means, {k} slots per position" + (f" fitted within radius {r}" if r else "")
+                       + f", beta {beta:g}",
+                       {n: energy(train[n][sub], slots[n], beta, config.model.deviation) for n in names},
+                       {n: energy(val[n], slots[n], beta, config.model.deviation) for n in names})
 
 if __name__ == "__main__":
     app.run(main)

@@ -53,10 +53,10 @@ def main(argv):
     def deviation_maps(f, x):
         return anomem.deviation_maps(anomem.frozen_outputs(model, f, input_pipeline.to_float(x)), names)
 
-    d_train_all = helpers.over_images(deviation_maps, fitted, data.train_images[normal], mesh)
-    splits = {"val": (helpers.over_images(deviation_maps, fitted, data.validation.images, mesh),
-                      data.validation.labels),
-              "test": (helpers.over_images(deviation_maps, fitted, data.test_images, mesh), data.test_labels)}
+    maps_of = helpers.over_images(deviation_maps, mesh)
+    d_train_all = maps_of(fitted, data.train_images[normal])
+    splits = {"val": (maps_of(fitted, data.validation.images), data.validation.labels),
+              "test": (maps_of(fitted, data.test_images), data.test_labels)}
     scores: dict[tuple[str, str], dict[str, np.ndarray]] = {}
     for n in names:
         d_train = d_train_all[n].astype(np.float64)

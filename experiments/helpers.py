@@ -13,8 +13,8 @@ import numpy as np
 from clu import metric_writers
 
 from mscad_jax import config as config_lib
-from mscad_jax import metrics, parallel, stage1
-from mscad_jax.data import input_pipeline, protocols
+from mscad_jax import evaluate, metrics, parallel, stage1
+from mscad_jax.data import protocols
 
 
 def local_contrast(clean: Any, corrupted: Any, masks: Any) -> np.ndarray:
@@ -98,11 +98,8 @@ def load_finished_job(workdir: str) -> tuple:
     return config, data, model, {"params": s1.params, "batch_stats": s1.batch_stats}, mesh
 
 
-def over_images(fn: Callable, frozen: Any, images: np.ndarray, mesh: Any) -> dict[str, np.ndarray]:
-    """`fn(frozen, float images) -> {name: [B, ...]}` over every image, batched and jitted once."""
+def over_images(fn: Callable, mesh: Any) -> Callable[[Any, np.ndarray], dict[str, np.ndarray]]:
+    """`fn(frozen, uint8 images) -> {name: [B, ...]}` jitted once, as a function of (frozen, uint8
+    images) that runs it over every image in batches (`evaluate.score_images`)."""
     jitted = parallel.jit_over_batch(fn, mesh, 1)
-    chunks: dict[str, list] = {}
-    for valid, batch in input_pipeline.eval_batches({"image": images}, 256, mesh):
-        for k, v in parallel.fetch(jitted(frozen, batch["image"])).items():
-            chunks.setdefault(k, []).append(v[:valid])
-    return {k: np.concatenate(v) for k, v in chunks.items()}
+    return lambda frozen, images: evaluate.score_images(jitted, (frozen,), images, 256, mesh)

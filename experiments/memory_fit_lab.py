@@ -13,6 +13,8 @@ memory contributes (experiments/results/fashion_mnist_memory_fit.md).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,8 +34,8 @@ _SHARED_SLOTS = flags.DEFINE_integer("shared_slots", 512, "Slots of the shared (
 flags.mark_flags_as_required(["workdir"])
 
 
-def features(model, frozen, images: np.ndarray, mesh) -> dict[str, np.ndarray]:
-    """Frozen stage-1 features and stage 1's own deviation energies, per scale."""
+def features(model, mesh):
+    """(frozen, images) -> frozen stage-1 features and stage 1's own deviation energies, per scale."""
     names = anomem.scale_names(model.scales)
 
     def fn(f, x):
@@ -41,7 +43,7 @@ def features(model, frozen, images: np.ndarray, mesh) -> dict[str, np.ndarray]:
         return {n: out[n]["features"] for n in names} | {
             f"energy/{n}": jnp.mean(jnp.sum(out[n]["deviation"] ** 2, -1), (1, 2)) for n in names}
 
-    return helpers.over_images(fn, frozen, images, mesh)
+    return helpers.over_images(fn, mesh)
 
 
 def neighbourhood(features: np.ndarray, radius: int) -> np.ndarray:
@@ -53,10 +55,17 @@ def neighbourhood(features: np.ndarray, radius: int) -> np.ndarray:
                            for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)])
 
 
+@functools.partial(jax.jit, static_argnames="deviation")
+def _energy(f: jax.Array, slots: jax.Array, beta: jax.Array, deviation: str) -> jax.Array:
+    return jnp.mean(jnp.sum(anomem.deviation_map(f, fitted_memory.retrieve(f, slots, beta)[0], deviation) ** 2, -1),
+                    (1, 2))
+
+
 def energy(feats: np.ndarray, slots: np.ndarray, beta: float, deviation: str) -> np.ndarray:
-    fn = jax.jit(lambda f: jnp.mean(jnp.sum(anomem.deviation_map(
-        f, fitted_memory.retrieve(f, slots, jnp.float32(beta))[0], deviation) ** 2, -1), (1, 2)))
-    return np.concatenate([np.asarray(fn(jnp.asarray(feats[i:i + 500]))) for i in range(0, len(feats), 500)])
+    """A0 of `feats` against per-position `slots`, 500 images at a time (one compiled step per shape)."""
+    slots, beta = jnp.asarray(slots), jnp.float32(beta)
+    return np.concatenate([np.asarray(_energy(jnp.asarray(feats[i:i + 500]), slots, beta, deviation))
+                           for i in range(0, len(feats), 500)])
 
 
 def fused_auroc(train: dict[str, np.ndarray], val: dict[str, np.ndarray], labels: np.ndarray) -> float:
@@ -70,8 +79,9 @@ def main(argv):
     config, data, model, frozen, mesh = helpers.load_finished_job(workdir)
     normal = ~data.train_labelled_anomaly
     names = anomem.scale_names(model.scales)
-    train = features(model, frozen, data.train_images[normal], mesh)
-    val = features(model, frozen, data.validation.images, mesh)
+    features_of = features(model, mesh)
+    train = features_of(frozen, data.train_images[normal])
+    val = features_of(frozen, data.validation.images)
     labels = data.validation.labels
     rows = []
 
@@ -105,6 +115,7 @@ def main(argv):
                        + f", beta {beta:g}",
                        {n: energy(train[n][sub], slots[n], beta, config.model.deviation) for n in names},
                        {n: energy(val[n], slots[n], beta, config.model.deviation) for n in names})
+
 
 if __name__ == "__main__":
     app.run(main)

@@ -25,6 +25,7 @@ import helpers  # experiments/helpers.py: the finished job's loading and batched
 import score_combinations  # its --workdir and --combos flags, a run's score columns and the job's scorer statistics
 from mscad_jax.data import input_pipeline
 from mscad_jax.models import anomem
+from mscad_jax.scoring import fusion
 
 _CSV = {"val": "validation_scores.csv", "test": "scores.csv"}
 
@@ -39,11 +40,12 @@ def main(argv):
         out = anomem.frozen_outputs(model, f, input_pipeline.to_float(x))
         return {n: jnp.mean(jnp.sum(out[n]["deviation"] ** 2, -1), (1, 2)) for n in names}
 
-    train = helpers.over_images(energies, frozen, data.train_images[~data.train_labelled_anomaly], mesh)
+    energies_of = helpers.over_images(energies, mesh)
+    train = energies_of(frozen, data.train_images[~data.train_labelled_anomaly])
     splits = {"val": (data.validation.images, data.validation.labels), "test": (data.test_images, data.test_labels)}
 
-    def fused(e: dict[str, np.ndarray]) -> np.ndarray:
-        return sum((e[n] - train[n].mean()) / train[n].std() for n in names)
+    def fused(e: dict[str, np.ndarray]) -> np.ndarray:  # the job's fusion of a per-scale scorer, unit weights
+        return np.asarray(fusion.combine_scores(e, fusion.normal_statistics(train), {n: 1.0 for n in names}))
 
     train_fused = fused(train)
     with open(os.path.join(workdir, "results.json")) as f:
@@ -55,7 +57,7 @@ def main(argv):
         columns = score_combinations.read_columns(os.path.join(workdir, _CSV[split]))
         if not np.array_equal(columns["is_anomaly"].astype(bool), labels.astype(bool)):
             raise SystemExit(f"{_CSV[split]} is not in the order of the job's {split} split")
-        columns["s1a0"] = fused(helpers.over_images(energies, frozen, images, mesh))
+        columns["s1a0"] = fused(energies_of(frozen, images))
         cells += [f"{100 * score_combinations.combination_auroc(columns, stats, c):.2f}" for c in combos]
     print(f"| {workdir} | " + " | ".join(cells) + " |", flush=True)
     print("columns: " + ", ".join(f"{s} {'+'.join(c)}" for s in splits for c in combos))

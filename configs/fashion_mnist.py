@@ -5,7 +5,7 @@ Offline: point TFDS at the prepared copy (`data_dir=...` or TFDS_DATA_DIR).
 The CPU-sized variant used for the sweep on two cores: `:cpu=True` (28x28 images, a
 smaller model, rotations, the fitted memory's detector + rotation scoring); minutes
 per class there (experiments/results/README.md).
-With `anomaly_type=local` it trains stage 1 for 3 epochs (not 6) without crops, fits a memory of whole normal
+With `anomaly_type=local` it trains stage 1 for 3 epochs (not 6) with crops of the whole area, fits a memory of whole normal
 maps at scale 2 (ridge retrieval), trains stage 2 per position on synthetic defects of the
 other kind than `local_kind` (give it in the argument, `anomaly_type=local,local_kind=scar`),
 and scores with the scale-2 detector's largest per-position distance alone. With `protocol=unbalanced` (Deep SAD's labelled
@@ -40,9 +40,9 @@ def get_config(arg: str | None = None):
         c.stage1.warmup_epochs = 1
         c.stage1.augment.crop_scale_min = 0.8
         if args.get("anomaly_type") == "local":
-            # No crop: stage 1 keeps where things are (experiments/results/fashion_mnist_local.md,
-            # "Stage 1 without crops for local anomalies"; chosen on the test split, before
-            # validation splits existed).
+            # Crops keep the whole area (aspect-ratio jitter only, docs/configs.md `augment`): stage 1
+            # keeps where things are (experiments/results/fashion_mnist_local.md, "Stage 1 without
+            # crops for local anomalies"; chosen on the test split, before validation splits existed).
             c.stage1.augment.crop_scale_min = 1.0
             # 3 stage-1 epochs: 6 gain nothing beyond noise on validation across kinds here
             # (experiments/results/fashion_mnist_local_map_memory.md, part F).

@@ -42,8 +42,8 @@ def get_config(arg: str | None = None):
     c.stage1.epochs = 15
     c.stage1.warmup_epochs = 1
     c.stage1.base_learning_rate = 2.0
-    # Where things are matters (the memory is per position) and so does colour: no crops,
-    # flips or colour jitter.
+    # Where things are matters (the memory is per position) and so does colour: crops keep the whole
+    # area (only the aspect-ratio jitter stays: docs/configs.md, `augment`), no flips or colour jitter.
     c.stage1.augment.crop_scale_min = 1.0
     c.stage1.augment.flip = False
     c.stage1.augment.jitter_prob = 0.0

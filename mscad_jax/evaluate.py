@@ -116,8 +116,8 @@ def evaluate(config: ml_collections.ConfigDict, data: protocols.ProtocolData, mo
         "class_names": None if data.class_names is None else list(data.class_names),
         "scorer": "+".join(spec.scorers),
         **split,
-        "auroc_pixel_knn_floor": knn.pixel_floor_auroc(normal_train, data.test_images, labels,
-                                                       scoring_spec.PIXEL_FLOOR_K) if config.eval.pixel_floor else None,
+        **_floor_results(normal_train, data.test_images, labels, data.test_classes, data.class_names,
+                         config.eval.pixel_floor),
         "pixel_knn_floor_k": scoring_spec.PIXEL_FLOOR_K,
         "num_test": int(len(labels)),
         "num_anomalies": int(labels.sum()),
@@ -143,8 +143,7 @@ def evaluate(config: ml_collections.ConfigDict, data: protocols.ProtocolData, mo
     }
     if validation is not None and config.eval.pixel_floor:
         v = data.validation
-        validation["auroc_pixel_knn_floor"] = knn.pixel_floor_auroc(normal_train, v.images, v.labels,
-                                                                    scoring_spec.PIXEL_FLOOR_K)
+        validation |= _floor_results(normal_train, v.images, v.labels, v.classes, data.class_names, True)
     if config.eval.linear_eval and pooled_fn is not None:
         results["linear_eval_accuracy"] = linear_eval(config, data.probe, pooled_fn, (variables["frozen"],), mesh)
     if jax.process_index() == 0:
@@ -165,15 +164,34 @@ def evaluate(config: ml_collections.ConfigDict, data: protocols.ProtocolData, mo
     return results
 
 
+def _per_anomaly_class(scores: np.ndarray, labels: np.ndarray, classes: np.ndarray,
+                       class_names: tuple[str, ...] | None) -> dict[str, float]:
+    """AUROC of each anomaly class against the normal images, keyed by the class's name
+    where the dataset has names (an image folder's defect folders)."""
+    per_class = metrics.auroc_per_anomaly_class(scores, labels, classes)
+    if class_names:
+        per_class = {class_names[int(k)] if 0 <= int(k) < len(class_names) else k: v for k, v in per_class.items()}
+    return per_class
+
+
+def _floor_results(normal_train: np.ndarray, images: np.ndarray, labels: np.ndarray, classes: np.ndarray,
+                   class_names: tuple[str, ...] | None, enabled: bool) -> dict[str, Any]:
+    """The raw-pixel 5-NN floor on one split, overall and per anomaly class, so that every
+    AUROC the job reports has its floor beside it (None when `eval.pixel_floor` is off)."""
+    if not enabled:
+        return {"auroc_pixel_knn_floor": None, "auroc_pixel_knn_floor_per_anomaly_class": None}
+    floor = knn.pixel_floor_scores(normal_train, images, scoring_spec.PIXEL_FLOOR_K)
+    return {"auroc_pixel_knn_floor": metrics.image_metrics(floor, labels)["auroc"],
+            "auroc_pixel_knn_floor_per_anomaly_class": _per_anomaly_class(floor, labels, classes, class_names)}
+
+
 def split_results(scores: dict[str, np.ndarray], labels: np.ndarray, classes: np.ndarray, masks: np.ndarray | None,
                   names, class_names: tuple[str, ...] | None = None) -> dict[str, Any]:
     """The metrics of one scored split (test or validation): AUROC, AUPR and FPR95 of the
     final score, AUROC per anomaly class (keyed by the class's name where the dataset has
     names: an image folder's defect folders), each scorer's AUROC alone and per scale,
     pixel AUROC; 'by_scorer' and 'scores' carry the scores themselves for the caller."""
-    per_class = metrics.auroc_per_anomaly_class(scores["score"], labels, classes)
-    if class_names:
-        per_class = {class_names[int(k)] if 0 <= int(k) < len(class_names) else k: v for k, v in per_class.items()}
+    per_class = _per_anomaly_class(scores["score"], labels, classes, class_names)
     by_scorer = {s: scores[f"score/{s}"] for s in scoring_spec.SCORERS if f"score/{s}" in scores}
     auroc_of = lambda s: metrics.image_metrics(by_scorer[s], labels)["auroc"] if s in by_scorer else None  # noqa: E731
     per_scale = lambda prefix: metrics.per_scale_auroc({n: scores[f"{prefix}/{n}"] for n in names}, labels) \

@@ -33,6 +33,9 @@ def _check_results(workdir, expect_pixel_auroc=False):
     assert set(results["auroc_detector_per_scale"]) == scales
     assert set(results["auroc_knn_per_scale"]) == scales
     assert all(0.0 <= v <= 1.0 for v in results["auroc_per_anomaly_class"].values())
+    # Every anomaly class's AUROC has its raw-pixel floor beside it.
+    assert set(results["auroc_pixel_knn_floor_per_anomaly_class"]) == set(results["auroc_per_anomaly_class"])
+    assert all(0.0 <= v <= 1.0 for v in results["auroc_pixel_knn_floor_per_anomaly_class"].values())
     assert str(results["normal_class"]) not in results["auroc_per_anomaly_class"] or results["anomaly_type"] != "object"
     with open(os.path.join(workdir, "scores.csv")) as f:
         header, *rows = f.read().splitlines()

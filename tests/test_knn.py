@@ -71,6 +71,18 @@ def test_pixel_floor_separates_distinct_images():
     assert knn.pixel_floor_auroc(normal, test, 1 - labels, 5) == 0.0
 
 
+def test_pixel_floor_scores_match_a_float64_reference():
+    """The mean Euclidean distance on [0, 1] pixels to the k nearest normal images."""
+    rng = np.random.default_rng(4)
+    normal = rng.integers(0, 256, (12, 5, 5, 1), dtype=np.uint8)
+    images = rng.integers(0, 256, (7, 5, 5, 1), dtype=np.uint8)
+    a = normal.reshape(12, -1).astype(np.float64) / 255
+    b = images.reshape(7, -1).astype(np.float64) / 255
+    distances = np.sqrt(((b[:, None] - a[None]) ** 2).sum(-1))
+    reference = np.sort(distances, axis=1)[:, :3].mean(1)
+    np.testing.assert_allclose(knn.pixel_floor_scores(normal, images, 3), reference, rtol=1e-5)
+
+
 def test_euclidean_distance_survives_a_large_common_offset():
     """Features far from 0 and close together: the centred expansion keeps them apart."""
     rng = np.random.default_rng(4)

@@ -78,11 +78,15 @@ def pixels(images: jax.Array) -> jax.Array:
     return jnp.asarray(images).reshape(images.shape[0], -1).astype(jnp.float32) / 255.0
 
 
+def pixel_floor_scores(train_images: np.ndarray, images: np.ndarray, k: int) -> np.ndarray:
+    """The raw-pixel k-NN baseline's score of each image (mean Euclidean distance on [0, 1]
+    pixels to its k nearest normal training images): the floor a deep detector must clear."""
+    return host_knn_distance(np.asarray(pixels(train_images)), np.asarray(pixels(images)), k, "euclidean")
+
+
 def pixel_floor_auroc(train_images: np.ndarray, test_images: np.ndarray, test_labels: np.ndarray,
                       k: int) -> float:
-    """AUROC of the raw-pixel k-NN baseline (Euclidean on [0, 1] pixels): the floor a deep
-    detector must clear on the same split."""
+    """AUROC of `pixel_floor_scores` on a split."""
     from mscad_jax import metrics
 
-    scores = host_knn_distance(np.asarray(pixels(train_images)), np.asarray(pixels(test_images)), k, "euclidean")
-    return metrics.image_metrics(scores, test_labels)["auroc"]
+    return metrics.image_metrics(pixel_floor_scores(train_images, test_images, k), test_labels)["auroc"]

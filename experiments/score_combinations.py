@@ -16,6 +16,10 @@ alone, `detector/scale2+detector/scale3`, ranks as the job's detector with those
 `eval.detector_weights`. The table shows, per combination, the ten-class mean on
 validation and on test (mean over seeds, and the sample std over seeds of that
 ten-class mean), the worst class and how many classes sit below their floor.
+
+A lever measured as a second sweep on the same classes and seeds (one config field changed) is read
+paired with the baseline sweep: `--paired_with=runs/baseline` keeps the runs both hold and adds each run's
+difference and their mean with its sample std.
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ _COMBOS = flags.DEFINE_list("combos", ["detector+rotation", "detector+a0+rotatio
                             "Scorer sums to compare, e.g. detector+rotation.")
 _OUT = flags.DEFINE_string("out", None, "Also write the table here.")
 _CLASSES = flags.DEFINE_list("classes", None, "Only these classes (default: every finished run's).")
+_PAIRED_WITH = flags.DEFINE_string(
+    "paired_with", None, "A baseline sweep workdir (one lever changed): keep the (class, seed) runs both hold and add "
+    "the paired differences, this workdir minus the baseline, per run and as a mean with its sample std.")
 
 RUN_NAME = re.compile(r"^class(\d+)(?:_seed(\d+))?(?:_known(\d+))?$")
 SPLITS = {"val": ("validation_scores.csv", "validation.auroc_pixel_knn_floor"),
@@ -126,6 +133,23 @@ def summary_rows(runs: dict[tuple[int, int], dict[str, float]], combos: list[lis
     return rows
 
 
+def paired_rows(runs: dict[tuple[int, int], dict[str, float]], baseline: dict[tuple[int, int], dict[str, float]],
+                combos: list[list[str]]) -> tuple[list[dict], list[dict]]:
+    """The lever's effect run by run (this sweep minus the baseline, same class and seed: training noise
+    shared by the pair cancels) and its mean over pairs with the sample std of the differences."""
+    keys = sorted(set(runs) & set(baseline))
+    columns = [f"{split} {'+'.join(c)}" for c in combos for split in SPLITS]
+    per_pair = [{"class": k, "seed": s, **{c: 100 * (runs[(k, s)][c] - baseline[(k, s)][c]) for c in columns}}
+                for k, s in keys]
+    summary = []
+    for c in columns:
+        diffs = np.array([row[c] for row in per_pair])
+        summary.append({"score": c, "pairs": len(diffs), "mean difference": float(diffs.mean()),
+                        "sample std": float(diffs.std(ddof=1)) if len(diffs) > 1 else None,
+                        "pairs better": int((diffs > 0).sum())})
+    return summary, per_pair
+
+
 def main(argv):
     del argv
     combos = [c.split("+") for c in _COMBOS.value]
@@ -134,6 +158,12 @@ def main(argv):
         runs = {key: row for key, row in runs.items() if str(key[0]) in _CLASSES.value}
     if not runs:
         raise SystemExit(f"no finished run with validation_scores.csv under {_WORKDIR.value}")
+    baseline = None
+    if _PAIRED_WITH.value:
+        baseline = collect(_PAIRED_WITH.value, combos)
+        runs = {key: row for key, row in runs.items() if key in baseline}
+        if not runs:
+            raise SystemExit(f"{_WORKDIR.value} and {_PAIRED_WITH.value} have no finished (class, seed) run in common")
     classes = sorted({k for k, _ in runs})
     seeds = sorted({s for _, s in runs})
     per_run = [{"class": k, "seed": s, **{c: 100 * v for c, v in row.items()}} for (k, s), row in sorted(runs.items())]
@@ -142,6 +172,11 @@ def main(argv):
             "Means over classes of the per-class mean over seeds; std: sample std over the seeds that finished every "
             "class of their ten-class (or listed-class) mean; worst class and below floor on the per-class mean over "
             "seeds.\n\n## Every run\n\n" + report.results_table(per_run, mean_row=False) + "\n")
+    if baseline is not None:
+        summary, per_pair = paired_rows(runs, baseline, combos)
+        text += (f"\n## Paired with `{_PAIRED_WITH.value}` (this sweep minus it, AUROC points)\n\n"
+                 + report.results_table(summary, mean_row=False) + "\n"
+                 + report.results_table(per_pair, mean_row=False) + "\n")
     if _OUT.value:
         with files.atomic_write(_OUT.value) as f:
             f.write(text)

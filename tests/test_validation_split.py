@@ -94,6 +94,7 @@ def test_the_job_reports_validation_beside_test_and_sets_the_threshold_on_held_o
     assert set(v["auroc_detector_per_scale"]) == {"scale2", "scale3", "scale4"}
     assert v["num_normal"] == round(0.2 * 124) and v["num_anomalies"] == v["num_normal"] and v["anomalies"] == "other classes"
     assert 0.0 <= v["auroc_pixel_knn_floor"] <= 1.0
+    assert set(v["auroc_pixel_knn_floor_per_anomaly_class"]) == set(v["auroc_per_anomaly_class"]) != set()
     assert results["threshold_set_on"] == "held-out normal training images"
     data = protocols.build_protocol(config)
     model = exported.load(export.export(workdir, str(tmp_path / "model"), ["cpu"]) and str(tmp_path / "model"))
@@ -150,6 +151,25 @@ def test_the_job_reports_validation_beside_test_and_sets_the_threshold_on_held_o
     assert sorted(runs) == [(3, 0), (5, 1)]
     assert runs[(5, 1)]["test knn"] == pytest.approx(0.5, abs=1e-9)
     assert runs[(5, 1)]["val knn"] == pytest.approx(runs[(3, 0)]["val knn"], abs=1e-12)
+
+
+def test_a_lever_sweep_is_read_paired_with_its_baseline_run_by_run():
+    """`score_combinations.py --paired_with`: only the (class, seed) runs both sweeps hold, each as this
+    sweep minus the baseline in AUROC points, and the mean with the sample std of the differences."""
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "experiments"))
+    import score_combinations
+
+    lever = {(5, 0): {"val a0": 0.90, "test a0": 0.91}, (6, 0): {"val a0": 0.80, "test a0": 0.84},
+             (8, 0): {"val a0": 0.95, "test a0": 0.96}}
+    baseline = {(5, 0): {"val a0": 0.89, "test a0": 0.92}, (6, 0): {"val a0": 0.77, "test a0": 0.84},
+                (6, 1): {"val a0": 0.50, "test a0": 0.50}}
+    summary, per_pair = score_combinations.paired_rows({k: lever[k] for k in baseline if k in lever}, baseline,
+                                                       [["a0"]])
+    assert [(row["class"], row["seed"]) for row in per_pair] == [(5, 0), (6, 0)]
+    assert per_pair[0]["val a0"] == pytest.approx(1.0) and per_pair[0]["test a0"] == pytest.approx(-1.0)
+    val = next(row for row in summary if row["score"] == "val a0")
+    assert val["pairs"] == 2 and val["mean difference"] == pytest.approx(2.0)
+    assert val["sample std"] == pytest.approx(np.std([1.0, 3.0], ddof=1)) and val["pairs better"] == 2
 
 
 def test_an_image_folder_with_only_normal_training_images_gets_synthesised_local_anomalies(tmp_path):

@@ -1,9 +1,10 @@
 """Helpers of the experiment scripts (not of the library): how visible a local anomaly
-is, loss curves from a run's TensorBoard events, and a finished job's frozen stage 1
-loaded and run over images (the probes on finished runs)."""
+is, loss curves from a run's TensorBoard events, a job's per-image score columns, and a
+finished job's frozen stage 1 loaded and run over images (the probes on finished runs)."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -38,6 +39,18 @@ def local_contrast(clean: Any, corrupted: Any, masks: Any) -> np.ndarray:
     unit = 255.0 if np.issubdtype(a.dtype, np.integer) else 1.0
     change = np.abs(a.astype(np.float64) - b.astype(np.float64)).max(axis=-1) / unit
     return (change * m).sum(axis=(1, 2)) / area
+
+
+def read_score_columns(path: str, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """A job's scores.csv or validation_scores.csv (`files.write_scores_csv`) as float columns: the
+    named ones, or every column but the file paths."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    header = list(rows[0]) if rows else []
+    missing = [n for n in names or () if n not in header]
+    if missing or not rows:
+        raise ValueError(f"columns {missing} are not in {path}; it has {header}")
+    return {n: np.array([r[n] for r in rows], np.float64) for n in (names or [k for k in header if k != "path"])}
 
 
 def plot_loss_curves(

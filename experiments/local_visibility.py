@@ -17,7 +17,6 @@ The config must be the run's (same seed, kind and class): the test split is rebu
 
 from __future__ import annotations
 
-import csv
 
 import numpy as np
 from absl import app, flags
@@ -36,16 +35,6 @@ _EDGES = flags.DEFINE_list("edges", ["0.05", "0.1", "0.2", "0.4"], "Contrast ban
 flags.mark_flags_as_required(["config", "scores"])
 
 
-def read_columns(path: str, names: list[str]) -> dict[str, np.ndarray]:
-    """The named columns of a CSV with a header row, as float arrays."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    missing = [n for n in names if not rows or n not in rows[0]]
-    if missing:
-        raise ValueError(f"--columns {missing} are not in {path}; it has {list(rows[0]) if rows else []}")
-    return {n: np.array([float(r[n]) for r in rows]) for n in names}
-
-
 def main(argv: list[str]) -> None:
     del argv
     config = _CONFIG.value
@@ -60,7 +49,7 @@ def main(argv: list[str]) -> None:
     edges = [0.0, *map(float, _EDGES.value), np.inf]
     band = np.full(len(labels), -1)
     band[anomalous] = np.searchsorted(edges, contrast, side="right") - 1
-    columns = read_columns(_SCORES.value, ["is_anomaly", *_COLUMNS.value])
+    columns = helpers.read_score_columns(_SCORES.value, ["is_anomaly", *_COLUMNS.value])
     if not np.array_equal(columns["is_anomaly"], labels):
         raise ValueError(f"{_SCORES.value} is not this config's test split (its labels differ): same seed, class "
                          "and kind?")

@@ -24,7 +24,6 @@ difference and their mean with its sample std.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import re
@@ -35,6 +34,8 @@ from absl import app, flags
 
 from mscad_jax import files, metrics, report
 from mscad_jax.scoring import fusion
+
+import helpers  # experiments/helpers.py, beside this script
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A sweep_classes.py workdir.", required=True)
 _COMBOS = flags.DEFINE_list("combos", ["detector+rotation", "detector+a0+rotation", "detector", "rotation"],
@@ -48,12 +49,6 @@ _PAIRED_WITH = flags.DEFINE_string(
 RUN_NAME = re.compile(r"^class(\d+)(?:_seed(\d+))?(?:_known(\d+))?$")
 SPLITS = {"val": ("validation_scores.csv", "validation.auroc_pixel_knn_floor"),
           "test": ("scores.csv", "auroc_pixel_knn_floor")}
-
-
-def read_columns(path: str) -> dict[str, np.ndarray]:
-    with open(path) as f:
-        rows = list(csv.DictReader(f))
-    return {k: np.array([r[k] for r in rows], np.float64) for k in rows[0] if k != "path"}
 
 
 def weighted_term(term: str) -> tuple[float, str]:
@@ -100,7 +95,7 @@ def collect(workdir: str, combos: list[list[str]]) -> dict[tuple[int, int], dict
         row = {}
         stats = run_statistics(run, results)
         for split, (csv_name, floor_key) in SPLITS.items():
-            columns = read_columns(os.path.join(run, csv_name))
+            columns = helpers.read_score_columns(os.path.join(run, csv_name))
             row[f"{split} floor"] = report.lookup(results, floor_key)
             for combo in combos:
                 row[f"{split} {'+'.join(combo)}"] = combination_auroc(columns, stats, combo)

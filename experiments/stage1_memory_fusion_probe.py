@@ -54,7 +54,7 @@ def main(argv):
     combos = [c.split("+") for c in score_combinations._COMBOS.value]
     cells = []
     for split, (images, labels) in splits.items():
-        columns = score_combinations.read_columns(os.path.join(workdir, _CSV[split]))
+        columns = helpers.read_score_columns(os.path.join(workdir, _CSV[split]))
         if not np.array_equal(columns["is_anomaly"].astype(bool), labels.astype(bool)):
             raise SystemExit(f"{_CSV[split]} is not in the order of the job's {split} split")
         columns["s1a0"] = fused(energies_of(frozen, images))

@@ -50,3 +50,30 @@ def test_plot_loss_curves_rejects_malformed_series(tmp_path):
     with pytest.raises(ValueError, match="'bad'"):
         helpers.plot_loss_curves({"bad": [(0, 1.0, 2.0)]}, tmp_path / "loss.png")
     assert os.listdir(tmp_path) == []
+
+
+def test_score_columns_and_the_per_anomaly_class_breakdown_of_a_run(tmp_path):
+    """A job's scores.csv read back as float columns (file paths left out), a missing column named, and
+    experiments/per_anomaly_class.py's rows: each scorer against each anomaly class alone, with the floor's."""
+    import json
+
+    from mscad_jax import files
+
+    run = tmp_path / "class0"
+    run.mkdir()
+    #  normal images score 0 and 1; class-3 anomalies 2 and 3 (found), class-5 anomalies -1 and 0.5 (mostly missed)
+    files.write_scores_csv(str(run / "scores.csv"), np.array([0.0, 1.0, 2.0, 3.0, -1.0, 0.5]),
+                           np.array([0, 0, 3, 3, 5, 5]), np.array([0, 0, 1, 1, 1, 1]),
+                           {"detector": np.array([0.0, 1.0, 2.0, 3.0, -1.0, 0.5])}, {}, [],
+                           np.array([f"img{i}.png" for i in range(6)]))
+    columns = helpers.read_score_columns(str(run / "scores.csv"))
+    assert "path" not in columns and columns["class"].tolist() == [0, 0, 3, 3, 5, 5]
+    with pytest.raises(ValueError, match=r"columns \['rotation'\] are not in"):
+        helpers.read_score_columns(str(run / "scores.csv"), ["rotation"])
+    (run / "results.json").write_text(json.dumps({"auroc_pixel_knn_floor": 0.75,
+                                                  "auroc_pixel_knn_floor_per_anomaly_class": {"3": 0.5, "5": 1.0}}))
+    import per_anomaly_class
+
+    detector, floor = per_anomaly_class.rows_of_run(str(run), ["detector"], "test")
+    assert detector["all"] == "62.50" and detector["3"] == "100.00" and detector["5"] == "25.00"
+    assert floor["scorer"] == "pixel 5-NN floor" and floor["all"] == "75.00" and floor["5"] == "100.00"

@@ -128,7 +128,9 @@ def test_the_job_reports_validation_beside_test_and_sets_the_threshold_on_held_o
     assert run["test " + "+".join(scales)] == pytest.approx(results["auroc_detector"], abs=1e-6)
     assert run["val " + "+".join(scales)] == pytest.approx(v["auroc_detector"], abs=1e-6)
     # A weighted term: the standardised kNN score weighed half beside the detector.
-    columns = score_combinations.read_columns(str(tmp_path / "class3" / "scores.csv"))
+    import helpers
+
+    columns = helpers.read_score_columns(str(tmp_path / "class3" / "scores.csv"))
     z = {s: (columns[s] - results["scorer_stats"][s]["mean"]) / results["scorer_stats"][s]["std"] for s in ("detector", "knn")}
     from sklearn.metrics import roc_auc_score
 

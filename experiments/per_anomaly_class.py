@@ -31,6 +31,8 @@ def rows_of_run(run: str, scorers: list[str], split: str) -> list[dict]:
     """One row per scorer (and the floor): its AUROC overall and against each anomaly class alone, in %."""
     with open(os.path.join(run, "results.json")) as f:
         results = json.load(f)
+    names = results.get("class_names")  # the floor's per-class AUROC is keyed by name where the dataset has names
+    named = lambda per_class: {names[int(k)] if names else k: v for k, v in per_class.items()}  # noqa: E731
     if split == "val":
         results = results["validation"] or {}
     columns = helpers.read_score_columns(os.path.join(run, "scores.csv" if split == "test" else "validation_scores.csv"),
@@ -40,7 +42,7 @@ def rows_of_run(run: str, scorers: list[str], split: str) -> list[dict]:
     for name in scorers:
         per_class = metrics.auroc_per_anomaly_class(columns[name], labels, classes)
         rows.append({"run": run, "scorer": name, "all": percent(metrics.image_metrics(columns[name], labels)["auroc"]),
-                     **{k: percent(v) for k, v in per_class.items()}})
+                     **{k: percent(v) for k, v in named(per_class).items()}})
     floor = results.get("auroc_pixel_knn_floor_per_anomaly_class")
     overall = results.get("auroc_pixel_knn_floor")
     rows.append({"run": run, "scorer": "pixel 5-NN floor", "all": percent(overall),
@@ -51,7 +53,7 @@ def rows_of_run(run: str, scorers: list[str], split: str) -> list[dict]:
 def main(argv):
     del argv
     rows = [row for run in _RUNS.value for row in rows_of_run(run, _SCORERS.value, _SPLIT.value)]
-    classes = sorted({k for row in rows for k in row if k not in ("run", "scorer", "all")}, key=int)
+    classes = list(dict.fromkeys(k for row in rows for k in row if k not in ("run", "scorer", "all")))
     print(report.results_table(rows, keys=["run", "scorer", "all", *classes], mean_row=False))
     print(f"AUROC % of the {_SPLIT.value} split's normal images against all its anomalies and against each anomaly "
           "class alone (columns: the class label).")

@@ -77,3 +77,9 @@ def test_score_columns_and_the_per_anomaly_class_breakdown_of_a_run(tmp_path):
     detector, floor = per_anomaly_class.rows_of_run(str(run), ["detector"], "test")
     assert detector["all"] == "62.50" and detector["3"] == "100.00" and detector["5"] == "25.00"
     assert floor["scorer"] == "pixel 5-NN floor" and floor["all"] == "75.00" and floor["5"] == "100.00"
+    # Where the dataset names its classes, the columns are the names (the floor's keys in results.json).
+    names = [f"c{k}" for k in range(6)]
+    (run / "results.json").write_text(json.dumps({"class_names": names, "auroc_pixel_knn_floor": 0.75,
+                                                  "auroc_pixel_knn_floor_per_anomaly_class": {"c3": 0.5, "c5": 1.0}}))
+    detector, floor = per_anomaly_class.rows_of_run(str(run), ["detector"], "test")
+    assert detector["c5"] == "25.00" and floor["c5"] == "100.00" and "5" not in detector

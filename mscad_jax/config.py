@@ -193,9 +193,9 @@ def chosen_method(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 def augment_section() -> ml_collections.ConfigDict:
     """The `stage1.augment` section: read by data.augment.from_config."""
     a = ml_collections.ConfigDict()
-    # Random resized crop area range [min, 1]. 1 is not the identity: the box's aspect ratio is still
-    # drawn from [3/4, 4/3] and clipped to the image (CSI's crop), so one side keeps 87-100% and is stretched.
-    a.crop_scale_min = 0.08
+    # 1 is not the identity: the box's aspect ratio is still drawn from [3/4, 4/3] and clipped to the
+    # image (CSI's crop), so one side keeps 87-100% and is stretched back.
+    a.crop_scale_min = 0.08  # Random resized crop area range [min, 1] (1: the whole area, see above).
     a.flip = True  # Horizontal flips.
     a.jitter_strength = (0.4, 0.4, 0.4, 0.1)  # Brightness, contrast, saturation, hue.
     a.jitter_prob = 0.8  # Probability of jitter (gray images: brightness and contrast only).

@@ -14,7 +14,7 @@ import sys
 
 from absl import app, flags
 
-from mscad_jax import metrics, report
+from mscad_jax import evaluate, metrics, report
 
 import helpers  # experiments/helpers.py, beside this script
 
@@ -32,7 +32,6 @@ def rows_of_run(run: str, scorers: list[str], split: str) -> list[dict]:
     with open(os.path.join(run, "results.json")) as f:
         results = json.load(f)
     names = results.get("class_names")  # the floor's per-class AUROC is keyed by name where the dataset has names
-    named = lambda per_class: {names[int(k)] if names else k: v for k, v in per_class.items()}  # noqa: E731
     if split == "val":
         results = results["validation"] or {}
     columns = helpers.read_score_columns(os.path.join(run, "scores.csv" if split == "test" else "validation_scores.csv"),
@@ -40,9 +39,9 @@ def rows_of_run(run: str, scorers: list[str], split: str) -> list[dict]:
     labels, classes = columns["is_anomaly"].astype(int), columns["class"].astype(int)
     rows = []
     for name in scorers:
-        per_class = metrics.auroc_per_anomaly_class(columns[name], labels, classes)
+        per_class = evaluate.per_anomaly_class(columns[name], labels, classes, names)
         rows.append({"run": run, "scorer": name, "all": percent(metrics.image_metrics(columns[name], labels)["auroc"]),
-                     **{k: percent(v) for k, v in named(per_class).items()}})
+                     **{k: percent(v) for k, v in per_class.items()}})
     floor = results.get("auroc_pixel_knn_floor_per_anomaly_class")
     overall = results.get("auroc_pixel_knn_floor")
     rows.append({"run": run, "scorer": "pixel 5-NN floor", "all": percent(overall),

@@ -164,7 +164,7 @@ def evaluate(config: ml_collections.ConfigDict, data: protocols.ProtocolData, mo
     return results
 
 
-def _per_anomaly_class(scores: np.ndarray, labels: np.ndarray, classes: np.ndarray,
+def per_anomaly_class(scores: np.ndarray, labels: np.ndarray, classes: np.ndarray,
                        class_names: tuple[str, ...] | None) -> dict[str, float]:
     """AUROC of each anomaly class against the normal images, keyed by the class's name
     where the dataset has names (an image folder's defect folders)."""
@@ -182,7 +182,7 @@ def _floor_results(normal_train: np.ndarray, images: np.ndarray, labels: np.ndar
         return {"auroc_pixel_knn_floor": None, "auroc_pixel_knn_floor_per_anomaly_class": None}
     floor = knn.pixel_floor_scores(normal_train, images, scoring_spec.PIXEL_FLOOR_K)
     return {"auroc_pixel_knn_floor": metrics.image_metrics(floor, labels)["auroc"],
-            "auroc_pixel_knn_floor_per_anomaly_class": _per_anomaly_class(floor, labels, classes, class_names)}
+            "auroc_pixel_knn_floor_per_anomaly_class": per_anomaly_class(floor, labels, classes, class_names)}
 
 
 def split_results(scores: dict[str, np.ndarray], labels: np.ndarray, classes: np.ndarray, masks: np.ndarray | None,
@@ -191,7 +191,7 @@ def split_results(scores: dict[str, np.ndarray], labels: np.ndarray, classes: np
     final score, AUROC per anomaly class (keyed by the class's name where the dataset has
     names: an image folder's defect folders), each scorer's AUROC alone and per scale,
     pixel AUROC; 'by_scorer' and 'scores' carry the scores themselves for the caller."""
-    per_class = _per_anomaly_class(scores["score"], labels, classes, class_names)
+    per_class = per_anomaly_class(scores["score"], labels, classes, class_names)
     by_scorer = {s: scores[f"score/{s}"] for s in scoring_spec.SCORERS if f"score/{s}" in scores}
     auroc_of = lambda s: metrics.image_metrics(by_scorer[s], labels)["auroc"] if s in by_scorer else None  # noqa: E731
     per_scale = lambda prefix: metrics.per_scale_auroc({n: scores[f"{prefix}/{n}"] for n in names}, labels) \
